@@ -1,0 +1,1 @@
+"""gRPC gateways, one package per domain: a thin servicer and `convert`, the only pb2 code."""

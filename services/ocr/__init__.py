@@ -1,0 +1,1 @@
+"""The OCR gateway (OcrService on port 50051)."""

@@ -1,0 +1,95 @@
+"""Typed settings read from `JOBMESH_*` environment variables; bad values fail at start-up.
+
+Every process builds one `Settings()`; tests pass overrides as keyword arguments.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DOMAIN_PORTS = {"ocr": 50051, "audio": 50052, "textgen": 50053, "curation": 50054,
+                "compression": 50055}
+GATEWAY_METRICS_PORTS = {"ocr": 9101, "audio": 9102, "textgen": 9103, "curation": 9104,
+                         "compression": 9105}
+WORKER_METRICS_PORTS = {"ocr": 9201, "audio": 9202, "textgen": 9203, "curation": 9204,
+                        "compression": 9205}
+
+
+class Settings(BaseSettings):
+    """All knobs of a gateway or worker. Each field maps to `JOBMESH_<FIELD>`."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBMESH_", extra="ignore", frozen=True)
+
+    # Redis: Celery broker and job store. Local mode uses its own DB index so it never clobbers
+    # whatever else uses the machine's Redis.
+    redis_url: str = "redis://127.0.0.1:6379/5"
+
+    # S3 / MinIO
+    s3_endpoint: str = "127.0.0.1:9000"
+    s3_public_endpoint: str = ""  # host:port clients use for presigned URLs; default s3_endpoint
+    s3_access_key: str = "jobmesh"
+    s3_secret_key: str = "jobmesh-secret"
+    s3_secure: bool = False
+    s3_region: str = "us-east-1"
+    artifacts_bucket: str = "jobmesh-artifacts"
+    models_bucket: str = "jobmesh-models"
+
+    # Auth: a YAML file `key: {tenant: t, role: tenant|admin}`, or inline `key=tenant:role,...`.
+    api_keys_file: Path | None = None
+    api_keys: str = ""
+
+    # gRPC gateway
+    host: str = "0.0.0.0"
+    port: int = Field(default=0, ge=0, le=65535)  # 0 = the domain's default port
+    metrics_port: int = Field(default=-1, ge=-1, le=65535)  # -1 = domain default, 0 = off
+    max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
+    max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
+    max_image_pixels: int = Field(default=40_000_000, ge=64)
+    sync_timeout_s: float = Field(default=60.0, gt=0)  # cap when the client sets no deadline
+    shutdown_grace_s: float = Field(default=5.0, ge=0)
+    readiness_poll_s: float = Field(default=1.0, gt=0)
+    presign_expiry_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+
+    # Jobs
+    retention_s: int = Field(default=7 * 24 * 3600, ge=60)
+    max_deliveries: int = Field(default=3, ge=1)
+    consumer_ttl_s: float = Field(default=6.0, gt=0)  # a worker is live while its beat is fresher
+
+    # Workers
+    device: str = "cpu"  # queue suffix: cpu | gpu
+    task_time_limit_s: int = Field(default=300, ge=1)
+    visibility_timeout_s: int = Field(default=0, ge=0)  # 0 = 2 x task_time_limit_s
+    unacked_restore_interval_s: float = Field(default=5.0, gt=0)
+    worker_concurrency: int = Field(default=1, ge=1)
+    model_cache_dir: Path = Path.home() / ".cache" / "jobmesh" / "models"
+    model_refresh_s: float = Field(default=10.0, ge=0)  # how often workers re-read `serving`
+    providers: str = ""  # comma list overriding EP choice, e.g. "CPUExecutionProvider"
+    diagnostics: bool = False  # registers jobmesh.diag.v1.* tasks (tests, benchmarks)
+
+    log_level: str = "INFO"
+    log_json: bool = True
+
+    @field_validator("device")
+    @classmethod
+    def _device(cls, v: str) -> str:
+        if v not in ("cpu", "gpu"):
+            raise ValueError("JOBMESH_DEVICE must be cpu or gpu")
+        return v
+
+    def gateway_port(self, domain: str) -> int:
+        return self.port or DOMAIN_PORTS[domain]
+
+    def visibility_timeout(self) -> int:
+        return self.visibility_timeout_s or 2 * self.task_time_limit_s
+
+    def queue(self, domain: str) -> str:
+        return f"{domain}.{self.device}"
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,184 @@
+"""The job record: Redis key layout, field encoding and the state machine, shared by the gateway's
+asyncio `JobStore` and the workers' `WorkerJobStore`.
+
+A job is a Redis hash `jobmesh:job:<id>` plus an event stream `jobmesh:job:<id>:events`. Every
+state change goes through one Lua script that checks the current state against the allowed
+sources, so a late duplicate delivery can never move a finished job (SUCCEEDED stays SUCCEEDED).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+PREFIX = "jobmesh"
+
+
+class State(StrEnum):
+    QUEUED = "QUEUED"
+    RUNNING = "RUNNING"
+    SUCCEEDED = "SUCCEEDED"
+    FAILED = "FAILED"
+    CANCELLING = "CANCELLING"
+    CANCELLED = "CANCELLED"
+
+    @property
+    def terminal(self) -> bool:
+        return self in TERMINAL
+
+
+TERMINAL = frozenset({State.SUCCEEDED, State.FAILED, State.CANCELLED})
+
+# target state -> the states it may be entered from. RUNNING -> RUNNING is a redelivery after a
+# worker died mid-job: the task starts again and the history shows both starts.
+ALLOWED_FROM: dict[State, tuple[State, ...]] = {
+    State.RUNNING: (State.QUEUED, State.RUNNING),
+    State.SUCCEEDED: (State.RUNNING, State.CANCELLING),
+    State.FAILED: (State.QUEUED, State.RUNNING, State.CANCELLING),
+    State.CANCELLING: (State.RUNNING,),
+    State.CANCELLED: (State.QUEUED, State.CANCELLING),
+}
+
+
+def job_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}"
+
+
+def events_key(job_id: str) -> str:
+    return f"{PREFIX}:job:{job_id}:events"
+
+
+def tenant_index_key(tenant: str) -> str:
+    return f"{PREFIX}:jobs:{tenant}"
+
+
+def idempotency_key(tenant: str, request_id: str) -> str:
+    return f"{PREFIX}:idem:{tenant}:{request_id}"
+
+
+def counts_key(domain: str) -> str:
+    return f"{PREFIX}:jobcounts:{domain}"
+
+
+def dead_letter_key(queue: str) -> str:
+    return f"{PREFIX}:deadletter:{queue}"
+
+
+def consumers_key(queue: str) -> str:
+    return f"{PREFIX}:consumers:{queue}"
+
+
+ARTIFACT_EXPIRY_KEY = f"{PREFIX}:artifacts:expiry"
+
+# KEYS: job hash, events stream, per-domain counts. ARGV: target, allowed sources (comma list),
+# now (epoch s), JSON object of extra fields to set. Returns {1|0, previous state}.
+TRANSITION_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if not cur then return {0, ''} end
+local ok = false
+for s in string.gmatch(ARGV[2], '[^,]+') do if s == cur then ok = true end end
+if not ok then return {0, cur} end
+local tr = cjson.decode(redis.call('HGET', KEYS[1], 'transitions') or '[]')
+tr[#tr + 1] = {ARGV[1], tonumber(ARGV[3])}
+redis.call('HSET', KEYS[1], 'state', ARGV[1], 'update_time', ARGV[3],
+           'transitions', cjson.encode(tr))
+for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'type', 'state', 'state', ARGV[1])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+redis.call('HINCRBY', KEYS[3], cur, -1)
+redis.call('HINCRBY', KEYS[3], ARGV[1], 1)
+return {1, cur}
+"""
+
+# KEYS: job hash, events stream. ARGV: done, total, message, now. Progress of a finished job is
+# ignored (a slow duplicate must not rewrite history).
+PROGRESS_LUA = """
+local cur = redis.call('HGET', KEYS[1], 'state')
+if cur ~= 'RUNNING' and cur ~= 'CANCELLING' then return 0 end
+redis.call('HSET', KEYS[1], 'progress_done', ARGV[1], 'progress_total', ARGV[2],
+           'progress_message', ARGV[3], 'update_time', ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'type', 'progress')
+return 1
+"""
+
+
+@dataclass
+class JobRecord:
+    """A job as stored. Times are epoch seconds; `result` is the domain's JSON result."""
+
+    id: str
+    tenant: str
+    domain: str
+    method: str
+    queue: str
+    kind: str = "SINGLE"
+    state: State = State.QUEUED
+    request_id: str = ""
+    create_time: float = 0.0
+    update_time: float = 0.0
+    expire_time: float = 0.0
+    transitions: list[tuple[str, float]] = field(default_factory=list)
+    deliveries: int = 0
+    progress_done: int = 0
+    progress_total: int = 0
+    progress_message: str = ""
+    error: dict | None = None
+    result: dict | None = None
+    artifacts: list[dict] = field(default_factory=list)
+
+    @property
+    def done(self) -> bool:
+        return self.state.terminal
+
+    @property
+    def name(self) -> str:
+        return f"jobs/{self.id}"
+
+    def to_hash(self) -> dict[str, str]:
+        return {
+            "id": self.id, "tenant": self.tenant, "domain": self.domain, "method": self.method,
+            "queue": self.queue, "kind": self.kind, "state": self.state.value,
+            "request_id": self.request_id, "create_time": repr(self.create_time),
+            "update_time": repr(self.update_time), "expire_time": repr(self.expire_time),
+            "transitions": json.dumps(self.transitions), "deliveries": str(self.deliveries),
+            "progress_done": str(self.progress_done), "progress_total": str(self.progress_total),
+            "progress_message": self.progress_message,
+            "artifacts": json.dumps(self.artifacts),
+        }
+
+    @classmethod
+    def from_hash(cls, h: dict) -> JobRecord:
+        h = {_s(k): _s(v) for k, v in h.items()}
+        return cls(
+            id=h["id"], tenant=h["tenant"], domain=h["domain"], method=h["method"],
+            queue=h.get("queue", ""), kind=h.get("kind", "SINGLE"), state=State(h["state"]),
+            request_id=h.get("request_id", ""), create_time=float(h.get("create_time", 0)),
+            update_time=float(h.get("update_time", 0)),
+            expire_time=float(h.get("expire_time", 0)),
+            transitions=[tuple(t) for t in json.loads(h.get("transitions", "[]"))],
+            deliveries=int(h.get("deliveries", 0)),
+            progress_done=int(h.get("progress_done", 0)),
+            progress_total=int(h.get("progress_total", 0)),
+            progress_message=h.get("progress_message", ""),
+            error=json.loads(h["error"]) if h.get("error") else None,
+            result=json.loads(h["result"]) if h.get("result") else None,
+            artifacts=json.loads(h.get("artifacts", "[]")),
+        )
+
+
+def _s(v) -> str:
+    return v.decode() if isinstance(v, bytes) else v
+
+
+def now() -> float:
+    return time.time()
+
+
+def transition_args(target: State, extra: dict | None = None) -> list[str]:
+    """ARGV for TRANSITION_LUA; `extra` values are JSON-encoded unless already strings."""
+    fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()}
+    return [target.value, ",".join(s.value for s in ALLOWED_FROM[target]), repr(now()),
+            json.dumps(fields)]

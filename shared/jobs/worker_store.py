@@ -1,0 +1,51 @@
+"""`WorkerJobStore`: what a worker does to a job record (count a delivery, start, report
+progress, finish, dead-letter). Synchronous, because Celery prefork children are."""
+
+from __future__ import annotations
+
+import json
+import time
+
+import redis
+
+from shared.jobs import records as r
+from shared.jobs.records import JobRecord, State
+
+
+class WorkerJobStore:
+    def __init__(self, client: redis.Redis):
+        self.redis = client
+        self._transition = client.register_script(r.TRANSITION_LUA)
+        self._progress = client.register_script(r.PROGRESS_LUA)
+
+    def get(self, job_id: str) -> JobRecord | None:
+        h = self.redis.hgetall(r.job_key(job_id))
+        return JobRecord.from_hash(h) if h else None
+
+    def state(self, job_id: str) -> State | None:
+        s = self.redis.hget(r.job_key(job_id), "state")
+        return State(r._s(s)) if s else None
+
+    def count_delivery(self, job_id: str) -> int:
+        """Increments and returns how many times a worker has received this job's task."""
+        return int(self.redis.hincrby(r.job_key(job_id), "deliveries", 1))
+
+    def transition(self, job: JobRecord, target: State, extra: dict | None = None) -> bool:
+        """Moves the job if its current state allows it; False means someone got there first
+        (cancelled, or a duplicate delivery already finished it)."""
+        keys = [r.job_key(job.id), r.events_key(job.id), r.counts_key(job.domain)]
+        res = self._transition(keys=keys, args=r.transition_args(target, extra))
+        return bool(res[0])
+
+    def progress(self, job_id: str, done: int, total: int, message: str = "") -> None:
+        self._progress(keys=[r.job_key(job_id), r.events_key(job_id)],
+                       args=[done, total, message, repr(r.now())])
+
+    def dead_letter(self, queue: str, job_id: str, task: str, envelope: dict) -> None:
+        """Parks the message for an operator; kept as long as job records are."""
+        entry = json.dumps({"job_id": job_id, "task": task, "time": time.time(),
+                            "envelope": envelope})
+        self.redis.lpush(r.dead_letter_key(queue), entry)
+
+    def track_artifact_expiry(self, bucket: str, key: str, expire_at: float) -> None:
+        self.redis.zadd(r.ARTIFACT_EXPIRY_KEY, {f"{bucket}/{key}": expire_at})

@@ -1,0 +1,54 @@
+"""The Prometheus metrics every process exposes, defined once with fixed labels.
+
+Names and labels are part of the operator contract (ARCHITECTURE.md, "Metrics"); dashboards and
+alerts depend on them, so add metrics here rather than ad hoc in services.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prometheus_client import Counter, Gauge, Histogram, start_http_server
+
+log = logging.getLogger(__name__)
+
+_LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300)
+
+REQUESTS = Counter(
+    "jobmesh_requests_total", "gRPC requests handled", ["service", "method", "code"]
+)
+REQUEST_DURATION = Histogram(
+    "jobmesh_request_duration_seconds", "gRPC request latency", ["service", "method"],
+    buckets=_LATENCY_BUCKETS,
+)
+QUEUE_DURATION = Histogram(
+    "jobmesh_queue_duration_seconds", "Time a job waited in its queue", ["queue"],
+    buckets=_LATENCY_BUCKETS,
+)
+COMPUTE_DURATION = Histogram(
+    "jobmesh_compute_duration_seconds", "Model compute time per stage", ["model", "stage"],
+    buckets=_LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "jobmesh_batch_size", "Items per model call", ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+JOBS = Gauge("jobmesh_jobs", "Jobs per state (from the job store counters)", ["domain", "state"])
+QUEUE_DEPTH = Gauge("jobmesh_queue_depth", "Messages waiting in a queue", ["queue"])
+MODEL_LOAD = Histogram(
+    "jobmesh_model_load_seconds", "Time to fetch, verify and load a model", ["model"],
+    buckets=_LATENCY_BUCKETS,
+)
+WORKER_UP = Gauge("jobmesh_worker_up", "Live consumers of a queue, as the gateway sees them",
+                  ["queue"])
+
+
+def serve(port: int) -> None:
+    """Starts the `/metrics` HTTP endpoint; port 0 disables it."""
+    if port <= 0:
+        return
+    try:
+        start_http_server(port)
+        log.info("metrics endpoint up", extra={"port": port})
+    except OSError as exc:  # a second process on one host must not die over its metrics port
+        log.warning("metrics port busy, metrics disabled", extra={"port": port, "error": str(exc)})

@@ -1,0 +1,1 @@
+"""The gRPC gateway kit: server factory, auth and error interceptors, health and readiness."""

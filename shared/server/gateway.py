@@ -1,0 +1,161 @@
+"""`Gateway`: the dependencies every gateway shares, the aio server factory, readiness and the
+artifact janitor. A domain's `__main__` builds a Gateway, adds its servicer, and calls `serve`.
+
+    gw = Gateway.from_settings("ocr", settings)
+    server, port = gw.create_server("127.0.0.1:0")
+    add_OcrServiceServicer_to_server(OcrServicer(gw), server)
+    await gw.start(server, services=["jobmesh.ocr.v1.OcrService"])
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import redis.asyncio as aioredis
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from shared import metrics
+from shared.auth import KeyRing
+from shared.config import Settings
+from shared.jobs.celery_app import make_celery
+from shared.jobs.dispatcher import JobDispatcher
+from shared.jobs.records import ARTIFACT_EXPIRY_KEY
+from shared.jobs.store import JobStore
+from shared.models.registry import ModelRegistry
+from shared.server.interceptors import AuthInterceptor, ErrorInterceptor
+from shared.storage.artifacts import ArtifactStore
+
+log = logging.getLogger(__name__)
+
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class Gateway:
+    domain: str
+    settings: Settings
+    keyring: KeyRing
+    redis: aioredis.Redis
+    store: JobStore
+    dispatcher: JobDispatcher
+    artifacts: ArtifactStore
+    registry: ModelRegistry
+    health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
+    queue_services: list[str] = field(default_factory=list)  # NOT_SERVING without consumers
+    _tasks: list[asyncio.Task] = field(default_factory=list)
+
+    @classmethod
+    def from_settings(cls, domain: str, settings: Settings) -> Gateway:
+        keyring = KeyRing.load(settings.api_keys_file, settings.api_keys)
+        if not len(keyring):
+            raise ValueError("no API keys configured: set JOBMESH_API_KEYS_FILE or "
+                             "JOBMESH_API_KEYS")
+        client = aioredis.Redis.from_url(settings.redis_url)
+        store = JobStore(client, settings.retention_s)
+        celery = make_celery(f"jobmesh-{domain}-gateway", settings)
+        dispatcher = JobDispatcher(celery, store, device=settings.device,
+                                   consumer_ttl_s=settings.consumer_ttl_s)
+        artifacts = ArtifactStore.from_settings(settings)
+        return cls(domain, settings, keyring, client, store, dispatcher, artifacts,
+                   ModelRegistry(artifacts, settings.models_bucket))
+
+    def create_server(self, address: str) -> tuple[grpc.aio.Server, int]:
+        """Builds the server with interceptors, size limits, JobService, ModelService, health
+        and reflection; returns it with the bound port (bind port 0 in tests)."""
+        from jobmesh.jobs.v1 import job_service_pb2_grpc
+        from jobmesh.models.v1 import model_service_pb2_grpc
+
+        from shared.jobs.service import JobServicer
+        from shared.models.service import ModelServicer
+
+        limit = self.settings.max_message_bytes
+        server = grpc.aio.server(
+            interceptors=[ErrorInterceptor(), AuthInterceptor(self.keyring)],
+            options=[("grpc.max_receive_message_length", limit),
+                     ("grpc.max_send_message_length", limit),
+                     ("grpc.so_reuseport", 0)])
+        job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self), server)
+        model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self), server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        port = server.add_insecure_port(address)
+        if port == 0:
+            raise OSError(f"cannot bind {address}")
+        return server, port
+
+    async def start(self, server: grpc.aio.Server, services: list[str]) -> None:
+        """Enables reflection, starts serving, and starts readiness and janitor loops.
+        `services` are the domain services that need a live worker to be SERVING."""
+        names = [*services, "jobmesh.jobs.v1.JobService", "jobmesh.models.v1.ModelService",
+                 health.SERVICE_NAME, reflection.SERVICE_NAME]
+        reflection.enable_server_reflection(names, server)
+        self.queue_services = list(services)
+        for name in ("jobmesh.jobs.v1.JobService", "jobmesh.models.v1.ModelService"):
+            await self.health.set(name, SERVING)
+        await self._update_readiness()
+        await server.start()
+        self._tasks = [asyncio.create_task(self._readiness_loop()),
+                       asyncio.create_task(self._janitor_loop())]
+
+    async def stop(self, server: grpc.aio.Server) -> None:
+        for name in [*self.queue_services, ""]:
+            await self.health.set(name, NOT_SERVING)
+        for t in self._tasks:
+            t.cancel()
+        await server.stop(self.settings.shutdown_grace_s)
+        await self.redis.aclose()
+
+    async def _update_readiness(self) -> None:
+        queue = self.dispatcher.queue(self.domain)
+        try:
+            live = await self.dispatcher.consumers(queue, max_age_s=0)
+            metrics.QUEUE_DEPTH.labels(queue=queue).set(await self.redis.llen(queue))
+            for state, n in (await self.store.counts(self.domain)).items():
+                metrics.JOBS.labels(domain=self.domain, state=state).set(n)
+        except Exception as exc:  # Redis down: not ready, and say why once per poll
+            log.warning("readiness check failed", extra={"error": str(exc)})
+            live = 0
+        status = SERVING if live else NOT_SERVING
+        for name in self.queue_services:
+            await self.health.set(name, status)
+        # The server-wide entry ("") reflects whether the domain can do work at all.
+        await self.health.set("", status)
+
+    async def _readiness_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.settings.readiness_poll_s)
+            await self._update_readiness()
+
+    async def _janitor_loop(self) -> None:
+        """Deletes artifacts whose jobs passed their retention (S3 servers without lifecycle
+        rules, like rclone, need this; MinIO lifecycle rules would also do)."""
+        while True:
+            await asyncio.sleep(30)
+            try:
+                expired = await self.redis.zrangebyscore(ARTIFACT_EXPIRY_KEY, "-inf",
+                                                         time.time(), start=0, num=100)
+                for member in expired:
+                    bucket, _, key = member.decode().partition("/")
+                    await asyncio.to_thread(self.artifacts.delete, bucket, key)
+                    await self.redis.zrem(ARTIFACT_EXPIRY_KEY, member)
+            except Exception as exc:
+                log.warning("artifact janitor failed", extra={"error": str(exc)})
+
+
+async def serve(gw: Gateway, server: grpc.aio.Server, port: int, services: list[str]) -> None:
+    """Runs until SIGINT/SIGTERM, then drains in-flight calls for `shutdown_grace_s`."""
+    await gw.start(server, services)
+    log.info("gateway serving", extra={"domain": gw.domain, "port": port})
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    await stop.wait()
+    log.info("gateway draining", extra={"grace_s": gw.settings.shutdown_grace_s})
+    await gw.stop(server)

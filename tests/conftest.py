@@ -1,0 +1,86 @@
+"""Shared fixtures. Integration fixtures start real processes: the rclone S3 server, an OCR
+gateway and OCR workers (via LocalStack, like `make run`), against the machine's Redis on a
+DB index of their own, with the real PP-OCR models imported into the test registry."""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+
+import grpc
+import pytest
+import redis
+
+import shared  # noqa: F401 - generates and exposes the jobmesh.* stubs
+from shared.local.stack import LocalStack, free_port
+
+TEST_REDIS = os.environ.get("JOBMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+TENANT_KEY = "test-key-tenant-a"
+OTHER_KEY = "test-key-tenant-b"
+ADMIN_KEY = "test-key-admin"
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobmesh")
+    client = redis.Redis.from_url(TEST_REDIS)
+    client.flushdb()
+    env = {
+        "JOBMESH_REDIS_URL": TEST_REDIS,
+        "JOBMESH_S3_ENDPOINT": f"127.0.0.1:{free_port()}",
+        "JOBMESH_S3_ACCESS_KEY": "testkey",
+        "JOBMESH_S3_SECRET_KEY": "testsecret",
+        "JOBMESH_API_KEYS": f"{TENANT_KEY}=tenant-a:tenant,{OTHER_KEY}=tenant-b:tenant,"
+                            f"{ADMIN_KEY}=ops:admin",
+        "JOBMESH_DIAGNOSTICS": "1",
+        "JOBMESH_MODEL_CACHE_DIR": str(Path(tempfile.gettempdir()) / "jobmesh-test-models"),
+        # Fast recovery for the crash tests: a task of a dead worker process is restored
+        # after 15 s; OCR tasks here take well under a second.
+        "JOBMESH_TASK_TIME_LIMIT_S": "30",
+        "JOBMESH_VISIBILITY_TIMEOUT_S": "15",
+        "JOBMESH_UNACKED_RESTORE_INTERVAL_S": "1",
+        "JOBMESH_CONSUMER_TTL_S": "3",
+        "JOBMESH_READINESS_POLL_S": "0.5",
+        "JOBMESH_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024),
+        "JOBMESH_LOG_JSON": "1",
+    }
+    yield root, env
+    client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def stack(stack_env):
+    root, env = stack_env
+    s = LocalStack(root, env)
+    s.start_s3(int(env["JOBMESH_S3_ENDPOINT"].rsplit(":", 1)[1]))
+    from shared.config import Settings
+    from shared.models.importer import prepare
+
+    prepare(Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in env.items()}))
+    yield s
+    s.stop_all()
+
+
+@pytest.fixture(scope="session")
+def gateway(stack):
+    port = free_port()
+    stack.start_gateway("ocr", port)
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="session")
+def worker(stack):
+    stack.start_worker("ocr")
+    stack.wait_consumers("ocr.cpu")
+    return stack
+
+
+@pytest.fixture
+def channel(gateway):
+    with grpc.insecure_channel(gateway) as ch:
+        yield ch
+
+
+def auth(key: str = TENANT_KEY) -> list[tuple[str, str]]:
+    return [("authorization", f"Bearer {key}")]

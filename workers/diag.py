@@ -1,0 +1,33 @@
+"""Diagnostic tasks for tests and benchmarks, registered only with JOBMESH_DIAGNOSTICS=1:
+`noop` (dispatch overhead), `sleep` (a long job to cancel or kill mid-run) and `crash` (a poison
+message that kills its worker process every time)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+from shared.jobs.worker_kit import JobContext, WorkerKit
+
+
+def register(kit: WorkerKit) -> None:
+    @kit.task("jobmesh.diag.v1.noop")
+    def noop(ctx: JobContext, request: dict) -> dict:
+        return {"echo": request.get("echo", "")}
+
+    @kit.task("jobmesh.diag.v1.sleep")
+    def sleep(ctx: JobContext, request: dict) -> dict:
+        steps = max(1, int(float(request.get("seconds", 1)) * 10))
+        for i in range(steps):
+            ctx.check_cancelled()
+            time.sleep(0.1)
+            if i % 10 == 0:
+                ctx.progress(i, steps, "sleeping")
+        ctx.put_artifact("result.json", b'{"slept": true}', "application/json")
+        return {"slept": float(request.get("seconds", 1)), "pid": os.getpid()}
+
+    @kit.task("jobmesh.diag.v1.crash")
+    def crash(ctx: JobContext, request: dict) -> dict:
+        os.kill(os.getpid(), signal.SIGKILL)
+        return {}

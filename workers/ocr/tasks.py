@@ -1,0 +1,95 @@
+"""The OCR worker's Celery app and its one task, `jobmesh.ocr.v1.recognize` (thin: fetch the
+input, run the pure pipeline on the served models, record the result)."""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import os
+
+from celery import signals
+
+from shared.config import Settings
+from shared.errors import InvalidArgument
+from shared.jobs.celery_app import make_celery
+from shared.jobs.worker_kit import JobCancelled, JobContext, WorkerKit
+from shared.models.registry import ModelRegistry
+from shared.models.serving import ServedModels
+from shared.storage.artifacts import ArtifactRef, ArtifactStore
+from workers.ocr.pipeline import (ImageDecodeError, OcrOptions, OcrPipeline, PipelineCancelled,
+                                  decode_image)
+
+log = logging.getLogger(__name__)
+
+DET, REC, CLS = "ppocr-det", "ppocr-rec", "ppocr-cls"
+
+settings = Settings()
+app = make_celery("jobmesh-ocr-worker", settings)
+kit = WorkerKit(app, "ocr", settings)
+_models: ServedModels | None = None
+
+
+def models() -> ServedModels:
+    """Loaded once per process (after fork: ORT sessions must not cross a fork)."""
+    global _models
+    if _models is None:
+        registry = ModelRegistry(ArtifactStore.from_settings(settings), settings.models_bucket)
+        _models = ServedModels(registry, settings.model_cache_dir,
+                               refresh_s=settings.model_refresh_s,
+                               providers_override=settings.providers)
+    return _models
+
+
+@signals.worker_process_init.connect
+def _warm_up(**_) -> None:
+    """Load and exercise the models before the first job, so its latency is not a cold start."""
+    try:
+        import numpy as np
+
+        m = models()
+        pipe = OcrPipeline(m.get(DET), m.get(REC), m.get(CLS))
+        pipe.recognize_images([np.full((48, 160, 3), 255, np.uint8)], [OcrOptions()])
+    except Exception as exc:  # the first job will report the real error
+        log.warning("warm-up failed", extra={"error": str(exc), "pid": os.getpid()})
+
+
+def _input_bytes(ctx: JobContext, request: dict) -> bytes:
+    if "image_b64" in request:
+        return base64.b64decode(request["image_b64"])
+    if "image_ref" in request:
+        ref = ArtifactRef.from_dict(request["image_ref"])
+        return ctx.artifacts.get_bytes(ref, max_bytes=settings.max_upload_bytes)
+    raise InvalidArgument.for_field("image", "is required (or image_ref)")
+
+
+@kit.task("jobmesh.ocr.v1.recognize")
+def recognize(ctx: JobContext, request: dict) -> dict:
+    data = _input_bytes(ctx, request)
+    field = "image_ref" if "image_ref" in request else "image"
+    try:
+        image = decode_image(data, settings.max_image_pixels)
+    except ImageDecodeError as exc:
+        raise InvalidArgument.for_field(field, str(exc), reason=exc.reason) from exc
+    opts = request.get("options", {})
+    options = OcrOptions(min_confidence=float(opts.get("min_confidence", 0.5)),
+                         classify_angle=bool(opts.get("classify_angle", False)))
+    m = models()
+    pipe = OcrPipeline(m.get(DET), m.get(REC), m.get(CLS) if options.classify_angle else None)
+    ctx.progress(0, 1, "recognizing")
+    try:
+        [result] = pipe.recognize_images([image], [options], should_stop=ctx.should_stop)
+    except PipelineCancelled as exc:
+        raise JobCancelled() from exc
+    out = result.to_dict()
+    out["model_versions"] = m.versions()
+    if request.get("store_result"):
+        ctx.put_artifact("result.json", json.dumps(out).encode(), "application/json")
+    ctx.progress(1, 1, "done")
+    return out
+
+
+if settings.diagnostics:
+    from workers import diag
+
+    diag.register(kit)
