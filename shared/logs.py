@@ -41,9 +41,8 @@ def configure(level: str = "INFO", as_json: bool = True) -> None:
     """Sets the root handler once per process (idempotent)."""
     root = logging.getLogger()
     handler = logging.StreamHandler(sys.stderr)
-    handler.setFormatter(
-        JsonFormatter() if as_json else logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
-    )
+    plain = logging.Formatter("%(asctime)s %(levelname)s %(name)s %(message)s")
+    handler.setFormatter(JsonFormatter() if as_json else plain)
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Celery and kombu are chatty at INFO about every connection; keep our own lines readable.

@@ -24,9 +24,9 @@ def _stale() -> bool:
 
 def generate() -> None:
     """Runs grpc_tools.protoc over every proto; raises RuntimeError when protoc fails."""
-    from grpc_tools import protoc  # imported here: only needed when stubs are (re)built
-
     import importlib.resources
+
+    from grpc_tools import protoc  # imported here: only needed when stubs are (re)built
 
     GEN_DIR.mkdir(parents=True, exist_ok=True)
     wkt = str(importlib.resources.files("grpc_tools") / "_proto")

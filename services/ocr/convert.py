@@ -56,7 +56,7 @@ def response_from_result(result: dict) -> pb.RecognizeResponse:
         for line in result.get("lines", [])
     ]
     return pb.RecognizeResponse(
-        lines=lines, text="\n".join(line.text for line in lines),
+        lines=lines, text=result.get("text", "\n".join(line.text for line in lines)),
         image_width=int(result.get("width", 0)), image_height=int(result.get("height", 0)),
         model_versions=result.get("model_versions", []))
 

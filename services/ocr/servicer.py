@@ -12,7 +12,7 @@ from jobmesh.ocr.v1 import ocr_service_pb2_grpc
 
 from services.ocr import convert
 from services.ocr.images import inspect_image
-from shared.errors import (Cancelled, DeadlineExceeded, InvalidArgument, NotFound, from_dict)
+from shared.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound, from_dict
 from shared.jobs.convert import job_to_pb, register_result
 from shared.jobs.records import ARTIFACT_EXPIRY_KEY, JobRecord, State
 from shared.server.interceptors import current_principal

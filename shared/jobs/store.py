@@ -160,7 +160,7 @@ class JobStore:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 return
-            after, types = await self.events(job_id, after, int(min(remaining, 5.0) * 1000) or 1)
+            after, types = await self.events(job_id, after, int(min(remaining, 2.0) * 1000) or 1)
             if not types:
                 # No event: re-read anyway so an expired/deleted job ends the stream.
                 job = await self.require(job_id, tenant)
@@ -170,10 +170,10 @@ class JobStore:
 
     async def wait(self, job_id: str, tenant: str, deadline: float) -> JobRecord:
         """The job once done, or as it is when the deadline (monotonic) passes."""
-        job = None
+        last = None
         async for _, job in self.watch(job_id, tenant, deadline):
-            pass
-        return job
+            last = job
+        return last
 
     async def counts(self, domain: str) -> dict[str, int]:
         h = await self.redis.hgetall(r.counts_key(domain))

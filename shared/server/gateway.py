@@ -57,7 +57,7 @@ class Gateway:
         if not len(keyring):
             raise ValueError("no API keys configured: set JOBMESH_API_KEYS_FILE or "
                              "JOBMESH_API_KEYS")
-        client = aioredis.Redis.from_url(settings.redis_url)
+        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10)
         store = JobStore(client, settings.retention_s)
         celery = make_celery(f"jobmesh-{domain}-gateway", settings)
         dispatcher = JobDispatcher(celery, store, device=settings.device,

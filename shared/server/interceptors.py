@@ -132,10 +132,13 @@ class AuthInterceptor(grpc.aio.ServerInterceptor):
         if handler.unary_stream:
             return grpc.unary_stream_rpc_method_handler(
                 deny_stream, handler.request_deserializer, handler.response_serializer)
+        async def deny_stream_stream(request_iterator, context):
+            await deny(None, context)
+            yield  # pragma: no cover - abort raised above
+
         if handler.stream_stream:
             return grpc.stream_stream_rpc_method_handler(
-                lambda it, ctx: deny_stream(None, ctx), handler.request_deserializer,
-                handler.response_serializer)
+                deny_stream_stream, handler.request_deserializer, handler.response_serializer)
         return grpc.unary_unary_rpc_method_handler(
             deny, handler.request_deserializer, handler.response_serializer)
 

@@ -17,8 +17,14 @@ from shared.jobs.worker_kit import JobCancelled, JobContext, WorkerKit
 from shared.models.registry import ModelRegistry
 from shared.models.serving import ServedModels
 from shared.storage.artifacts import ArtifactRef, ArtifactStore
-from workers.ocr.pipeline import (ImageDecodeError, OcrOptions, OcrPipeline, PipelineCancelled,
-                                  decode_image)
+from workers.ocr.layout import text_of
+from workers.ocr.pipeline import (
+    ImageDecodeError,
+    OcrOptions,
+    OcrPipeline,
+    PipelineCancelled,
+    decode_image,
+)
 
 log = logging.getLogger(__name__)
 
@@ -82,6 +88,7 @@ def recognize(ctx: JobContext, request: dict) -> dict:
     except PipelineCancelled as exc:
         raise JobCancelled() from exc
     out = result.to_dict()
+    out["text"] = text_of(out["lines"])
     out["model_versions"] = m.versions()
     if request.get("store_result"):
         ctx.put_artifact("result.json", json.dumps(out).encode(), "application/json")

@@ -1,0 +1,67 @@
+# jobmesh: one entry point. `make run` and `make test` work on a fresh machine (no Docker).
+PY      ?= python3
+VENV    ?= .venv
+BIN     := $(VENV)/bin
+PYTHON  := $(BIN)/python
+STAMP   := $(VENV)/.installed
+
+.PHONY: help venv proto lint test test-unit test-integration run up down status models bench \
+        compose-config clean
+
+help:  ## list targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*##/\t/'
+
+$(STAMP): pyproject.toml
+	test -x $(PYTHON) || $(PY) -m venv $(VENV)
+	$(PYTHON) -m pip install -q --upgrade pip
+	$(PYTHON) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+venv: $(STAMP)  ## create .venv and install jobmesh with the dev extra
+
+proto: $(STAMP)  ## generate Python stubs into shared/gen
+	$(PYTHON) -c "from shared.protogen import generate; generate()"
+
+node_modules/.bin/buf:
+	npm install --no-save --no-audit --no-fund @bufbuild/buf@1 >/dev/null
+
+lint: $(STAMP) node_modules/.bin/buf  ## ruff + buf lint (+ buf breaking against HEAD~1)
+	$(BIN)/ruff check .
+	node_modules/.bin/buf lint proto
+	@if git rev-parse -q --verify HEAD~1 >/dev/null && \
+	    git ls-tree -d HEAD~1 proto >/dev/null 2>&1 && [ -n "$$(git ls-tree HEAD~1 proto)" ]; then \
+	  node_modules/.bin/buf breaking proto --against '.git#ref=HEAD~1,subdir=proto'; \
+	else echo "buf breaking: no previous proto tree to compare"; fi
+
+test: $(STAMP) proto  ## everything CI runs: unit, contract and integration suites
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests
+
+test-unit: $(STAMP) proto
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit tests/contract
+
+test-integration: $(STAMP) proto
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
+
+run: $(STAMP) proto  ## the mesh in the foreground on embedded defaults; Ctrl-C stops it
+	$(PYTHON) -m shared.local run
+
+up: $(STAMP) proto  ## the mesh detached; returns when health says SERVING
+	$(PYTHON) -m shared.local up
+
+down:  ## stop what `make up` started
+	@test -x $(PYTHON) && $(PYTHON) -m shared.local down || true
+
+status:
+	$(PYTHON) -m shared.local status
+
+models: $(STAMP) proto  ## import the PP-OCR models into the registry at JOBMESH_S3_ENDPOINT
+	$(PYTHON) -m shared.models.importer
+
+bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
+	$(PYTHON) -m bench.run
+
+compose-config: $(STAMP)  ## validate docker-compose.yml offline
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit/test_compose.py
+
+clean:
+	rm -rf shared/gen .pytest_cache .ruff_cache

@@ -1,0 +1,129 @@
+"""The CLI's commands: each takes (client, args, out), prints through `out` and returns the exit
+code. Failed calls raise `JobmeshClientError` (main maps it to an exit code); a bad input file
+raises `UsageError` before any call is made."""
+
+from __future__ import annotations
+
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+from jobmesh.jobs.v1 import job_pb2
+
+from shared.cli import render
+from shared.cli.render import Output
+from shared.client import DEFAULT_TIMEOUT_S, Client
+
+OK, FAILED = 0, 1
+
+
+class UsageError(Exception):
+    """Bad command-line input found after parsing (exit 2)."""
+
+
+def _read(path: str) -> bytes:
+    try:
+        data = sys.stdin.buffer.read() if path == "-" else Path(path).read_bytes()
+    except OSError as e:
+        raise UsageError(f"cannot read {path}: {e.strerror or e}") from None
+    if not data:
+        raise UsageError(f"{path} is empty")
+    return data
+
+
+def _fail(line: str) -> int:
+    print(f"error: {line}", file=sys.stderr)
+    return FAILED
+
+
+def _finished(job: job_pb2.Job, waited_s: float | None = None) -> int:
+    """Exit code for a job that should be done: 0 SUCCEEDED, else 1 with the reason on stderr."""
+    if job.state == job_pb2.JOB_STATE_SUCCEEDED:
+        return OK
+    if not job.done:
+        after = f" after {waited_s:g} s" if waited_s is not None else ""
+        return _fail(f"DEADLINE_EXCEEDED: {job.name} is still {render.state(job.state)}{after}")
+    return _fail(render.job_error(job) or f"{job.name} ended {render.state(job.state)}")
+
+
+def ocr_recognize(client: Client, args: Namespace, out: Output) -> int:
+    images = [(path, _read(path)) for path in args.files]
+    several = len(images) > 1
+    for n, (path, data) in enumerate(images, start=1):
+        if args.submit:
+            rid = f"{args.request_id}-{n}" if args.request_id and several else args.request_id
+            job = client.ocr_submit(data, rid or "", args.classify_angle, args.min_confidence,
+                                    timeout_s=args.timeout)
+            out.write(render.json_doc({"file": path, "job": render.as_dict(job)}, compact=several)
+                      if args.output == "json" else job.name)
+            continue
+        resp = client.ocr_recognize(data, args.classify_angle, args.min_confidence,
+                                    timeout_s=args.timeout)
+        if args.output == "json":
+            out.write(render.json_doc({"file": path, "response": render.as_dict(resp)},
+                                      compact=several))
+        else:
+            out.write(f"==> {path} <==\n{resp.text}\n" if several else resp.text)
+    return OK
+
+
+def jobs_get(client: Client, args: Namespace, out: Output) -> int:
+    job = client.get_job(args.name, timeout_s=args.timeout)
+    out.write(render.json_doc(job) if args.output == "json" else render.job_details(job))
+    return OK
+
+
+def jobs_list(client: Client, args: Namespace, out: Output) -> int:
+    jobs = client.list_jobs(args.state, args.domain, args.page_size, timeout_s=args.timeout)
+    if args.output == "json":
+        out.write(render.json_doc({"jobs": [render.as_dict(j) for j in jobs]}))
+        return OK
+    lines = [render.job_line(j) for j in jobs]
+    if not lines:
+        print("no jobs", file=sys.stderr)
+        return OK
+    out.write("\n".join([render.JOB_HEADER, *lines]))
+    return OK
+
+
+def jobs_cancel(client: Client, args: Namespace, out: Output) -> int:
+    job = client.cancel_job(args.name, timeout_s=args.timeout)
+    out.write(render.json_doc(job) if args.output == "json"
+              else f"{job.name} {render.state(job.state)}")
+    return OK
+
+
+def jobs_wait(client: Client, args: Namespace, out: Output) -> int:
+    waited = args.timeout or DEFAULT_TIMEOUT_S
+    job = client.wait_job(args.name, timeout_s=waited)
+    out.write(render.json_doc(job) if args.output == "json" else render.job_details(job))
+    return _finished(job, waited)
+
+
+def jobs_watch(client: Client, args: Namespace, out: Output) -> int:
+    last = None
+    for ev in client.watch_job(args.name, timeout_s=args.timeout):
+        out.write(render.json_doc(ev, compact=True) if args.output == "json"
+                  else render.event_line(ev))
+        last = ev.job
+    if last is None:
+        return _fail(f"no events for {args.name}")
+    return _finished(last)
+
+
+def jobs_delete(client: Client, args: Namespace, out: Output) -> int:
+    client.delete_job(args.name, timeout_s=args.timeout)
+    out.write("{}" if args.output == "json" else f"deleted {args.name}")
+    return OK
+
+
+def models_list(client: Client, args: Namespace, out: Output) -> int:
+    models = list(client.list_models(timeout_s=args.timeout))
+    if args.output == "json":
+        out.write(render.json_doc({"models": [render.as_dict(m) for m in models]}))
+        return OK
+    rows = [f"{'NAME':<32} {'SERVING':<24} VERSIONS"]
+    rows += [f"{m.name:<32} {m.serving_version or '-':<24} "
+             f"{','.join(v.version for v in m.versions)}" for m in models]
+    out.write("\n".join(rows))
+    return OK

@@ -1,0 +1,207 @@
+"""`jobmesh <area> <verb>`: the command-line client (argparse over `shared.client`).
+
+Exit codes: 0 ok; 1 the request or the job failed (a job that ends FAILED or CANCELLED, or is
+not done when `jobs wait` gives up); 2 usage error (bad flags, unreadable input, no endpoint
+configured); 3 cannot reach the mesh (UNAVAILABLE, or no connection before the deadline);
+4 auth refused (UNAUTHENTICATED, PERMISSION_DENIED). Errors print `error: <CODE> <reason>:
+<message>` on stderr, then one `  field: problem` line per field violation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from shared.cli import commands
+from shared.cli.render import Output
+from shared.client import (
+    DEFAULT_TIMEOUT_S,
+    Client,
+    ClientSettings,
+    ConfigError,
+    JobmeshClientError,
+    job_state,
+)
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
+
+TOP_HELP = """\
+Settings are resolved as: flags > environment (JOBMESH_ENDPOINT, JOBMESH_ENDPOINT_<DOMAIN>,
+JOBMESH_API_KEY) > --env-file > .jobmesh/local.env in this directory or its nearest parent.
+
+exit codes: 0 ok, 1 request or job failed, 2 usage error, 3 cannot reach the mesh,
+4 auth refused
+
+examples:
+  jobmesh ocr recognize scan.png
+  jobmesh --output json jobs list --state running
+  jobmesh jobs wait jobs/0f3c9a --timeout 300
+"""
+
+GLOBAL_DEFAULTS = {"endpoint": None, "api_key": None, "env_file": None, "output": "text",
+                   "out": None, "timeout": None}
+
+
+def _positive(value: str) -> float:
+    try:
+        f = float(value)
+    except ValueError:
+        f = -1.0
+    if not f > 0:
+        raise argparse.ArgumentTypeError(f"must be a positive number of seconds, not {value!r}")
+    return f
+
+
+def _count(value: str) -> int:
+    if not value.isdigit():
+        raise argparse.ArgumentTypeError(f"must be a whole number >= 0, not {value!r}")
+    return int(value)
+
+
+def _state(value: str) -> int:
+    try:
+        return job_state(value)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _global_flags() -> argparse.ArgumentParser:
+    """Flags accepted before or after any command (SUPPRESS: a later parser must not reset
+    a value given earlier)."""
+    p = argparse.ArgumentParser(add_help=False, allow_abbrev=False,
+                                argument_default=argparse.SUPPRESS)
+    g = p.add_argument_group("connection and output (any position)")
+    g.add_argument("--endpoint", metavar="HOST:PORT", help="gateway to call (default: settings)")
+    g.add_argument("--api-key", metavar="KEY", help="API key sent as `authorization: Bearer`")
+    g.add_argument("--env-file", metavar="PATH", help="read JOBMESH_* settings from this file")
+    g.add_argument("--output", choices=["text", "json"],
+                   help="print format: text (default) or proto JSON")
+    g.add_argument("--out", metavar="PATH", help="write the output to PATH instead of stdout")
+    g.add_argument("--timeout", metavar="SECONDS", type=_positive,
+                   help=f"deadline per call (default {DEFAULT_TIMEOUT_S:g}); for `jobs wait` "
+                        "how long to wait; `jobs watch` is unbounded without it")
+    return p
+
+
+def _command(sub, name: str, handler, summary: str, example: str, flags):
+    p = sub.add_parser(name, parents=[flags], help=summary, description=summary,
+                       epilog=f"example:\n  {example}", allow_abbrev=False,
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.set_defaults(handler=handler)
+    return p
+
+
+def build_parser() -> argparse.ArgumentParser:
+    flags = _global_flags()
+    parser = argparse.ArgumentParser(
+        prog="jobmesh", parents=[flags], allow_abbrev=False, epilog=TOP_HELP,
+        description="Command-line client for the jobmesh gRPC mesh.",
+        formatter_class=argparse.RawDescriptionHelpFormatter)
+    areas = parser.add_subparsers(dest="area", metavar="AREA", required=True)
+
+    ocr = areas.add_parser("ocr", help="optical character recognition",
+                           description="Optical character recognition (PP-OCR).")
+    verbs = ocr.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _command(verbs, "recognize", commands.ocr_recognize,
+                 "Recognize the text of images (PNG, JPEG, BMP, TIFF, WebP; '-' reads stdin). "
+                 "Waits and prints the text; with --async queues a job per file and prints "
+                 "its name.",
+                 "jobmesh ocr recognize scan.png\n"
+                 "  jobmesh ocr recognize --async --request-id batch7 a.png b.png | "
+                 "xargs -n1 jobmesh jobs wait", flags)
+    p.add_argument("files", nargs="+", metavar="FILE", help="image file(s)")
+    p.add_argument("--classify-angle", action="store_true",
+                   help="run the 0/180 degree angle classifier on each line")
+    p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
+                   help="drop lines below this confidence, 0..1 (default: the server's, 0.5)")
+    p.add_argument("--async", dest="submit", action="store_true",
+                   help="queue a job instead of waiting; prints the job name")
+    p.add_argument("--request-id", metavar="ID", default="",
+                   help="idempotency key for --async (a repeat returns the first job); with "
+                        "several files the n-th file uses ID-n")
+
+    jobs = areas.add_parser("jobs", help="inspect and control jobs",
+                            description="Jobs of every domain (only the caller's own).")
+    verbs = jobs.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _command(verbs, "get", commands.jobs_get, "Show one job.", "jobmesh jobs get jobs/0f3c9a",
+                 flags)
+    p.add_argument("name", help="job name, jobs/<id>")
+    p = _command(verbs, "list", commands.jobs_list, "List your jobs, newest first (all pages).",
+                 "jobmesh jobs list --state failed --domain ocr", flags)
+    p.add_argument("--state", type=_state, action="append", metavar="S",
+                   help="only jobs in this state (repeatable): queued, running, succeeded, "
+                        "failed, cancelling, cancelled")
+    p.add_argument("--domain", default="", help="only jobs of this domain, e.g. ocr")
+    p.add_argument("--page-size", type=_count, default=0, metavar="N",
+                   help="jobs fetched per call (default: the server's, 50)")
+    p = _command(verbs, "cancel", commands.jobs_cancel,
+                 "Request cancellation: a queued job never starts, a running one stops at its "
+                 "next batch boundary.", "jobmesh jobs cancel jobs/0f3c9a", flags)
+    p.add_argument("name", help="job name, jobs/<id>")
+    p = _command(verbs, "wait", commands.jobs_wait,
+                 "Wait until a job is done and show it. Exit 0 if it SUCCEEDED, 1 if it FAILED, "
+                 "was CANCELLED or is still running when --timeout (default 60 s) passes.",
+                 "jobmesh jobs wait jobs/0f3c9a --timeout 300", flags)
+    p.add_argument("name", help="job name, jobs/<id>")
+    p = _command(verbs, "watch", commands.jobs_watch,
+                 "Print a line per event (snapshot, state change, progress) until the job is "
+                 "done; exit code as for `jobs wait`.", "jobmesh jobs watch jobs/0f3c9a", flags)
+    p.add_argument("name", help="job name, jobs/<id>")
+    p = _command(verbs, "delete", commands.jobs_delete,
+                 "Delete a job record, its events and its artifacts now.",
+                 "jobmesh jobs delete jobs/0f3c9a", flags)
+    p.add_argument("name", help="job name, jobs/<id>")
+
+    models = areas.add_parser("models", help="the model registry",
+                              description="The model registry (read-only to tenants).")
+    verbs = models.add_subparsers(dest="verb", metavar="VERB", required=True)
+    _command(verbs, "list", commands.models_list,
+             "List registered models with their serving version.", "jobmesh models list", flags)
+    return parser
+
+
+def exit_code(err: JobmeshClientError) -> int:
+    if err.auth_refused:
+        return EXIT_AUTH
+    return EXIT_UNREACHABLE if err.unreachable else EXIT_FAILED
+
+
+def report(err: JobmeshClientError) -> None:
+    """One `error:` line on stderr, then the field violations."""
+    lines = [f"error: {err}"] + [f"  {f}: {d}" for f, d in err.field_violations]
+    print("\n".join(lines), file=sys.stderr)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    for k, v in GLOBAL_DEFAULTS.items():
+        setattr(args, k, getattr(args, k, v))
+    if getattr(args, "request_id", "") and not args.submit:
+        parser.error("--request-id needs --async (a sync Recognize is not a job)")
+    if args.out and not Path(args.out).resolve().parent.is_dir():
+        parser.error(f"--out {args.out}: no such directory")
+    out = Output(args.out)
+    try:
+        settings = ClientSettings.resolve(args.endpoint, args.api_key, env_file=args.env_file)
+        with Client(settings, timeout_s=args.timeout or DEFAULT_TIMEOUT_S) as client:
+            return args.handler(client, args, out)
+    except (ConfigError, commands.UsageError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    except JobmeshClientError as e:
+        report(e)
+        return exit_code(e)
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # `jobmesh jobs list | head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
+    finally:
+        out.close()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,184 @@
+"""`Client`: a small synchronous SDK over the mesh's gRPC contracts.
+
+Every call carries `authorization: Bearer <key>` (when a key is configured) and a deadline
+(`timeout_s`, default 60 s, overridable per call; `watch_job` is unbounded unless given one).
+A failed call raises `JobmeshClientError`. Domain calls go to `endpoint_for(<domain>)`; jobs and
+models to `endpoint_for("jobs")` / `endpoint_for("models")`, which fall back to the default
+endpoint (every gateway serves JobService and ModelService).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+
+import grpc
+from google.protobuf import descriptor_pool, message, message_factory
+from jobmesh.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from jobmesh.models.v1 import model_service_pb2, model_service_pb2_grpc
+from jobmesh.ocr.v1 import ocr_service_pb2, ocr_service_pb2_grpc
+
+from shared.client.channel import TrackedChannel
+from shared.client.errors import JobmeshClientError
+from shared.client.settings import ClientSettings
+
+DEFAULT_TIMEOUT_S = 60.0
+WAIT_MARGIN_S = 10.0  # the WaitJob deadline exceeds the wait itself, so the server answers first
+TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
+
+
+def job_state(value: int | str) -> int:
+    """A `JobState` from its number or name (`running`, `RUNNING`, `JOB_STATE_RUNNING`);
+    raises ValueError for anything else."""
+    if isinstance(value, int):
+        job_pb2.JobState.Name(value)  # raises ValueError for an unknown number
+        return value
+    name = value.strip().upper()
+    try:
+        return job_pb2.JobState.Value(name if name.startswith("JOB_STATE_") else
+                                      f"JOB_STATE_{name}")
+    except ValueError:
+        names = ", ".join(n.removeprefix("JOB_STATE_") for n in job_pb2.JobState.keys()[1:])
+        raise ValueError(f"unknown job state {value!r} (one of {names})") from None
+
+
+def job_response(job: job_pb2.Job) -> message.Message | None:
+    """The job's unpacked `result.response` (e.g. an OCR RecognizeResponse), or None when the
+    job has none or its type is unknown to this client."""
+    if not job.HasField("result") or not job.result.HasField("response"):
+        return None
+    try:
+        desc = descriptor_pool.Default().FindMessageTypeByName(job.result.response.TypeName())
+    except KeyError:
+        return None
+    out = message_factory.GetMessageClass(desc)()
+    job.result.response.Unpack(out)
+    return out
+
+
+class Client:
+    """Holds one channel per endpoint; use as a context manager or call `close()`."""
+
+    def __init__(self, settings: ClientSettings | None = None, *,
+                 timeout_s: float = DEFAULT_TIMEOUT_S):
+        self.settings = settings if settings is not None else ClientSettings.resolve()
+        self.timeout_s = timeout_s
+        key = self.settings.api_key
+        self._metadata = (("authorization", f"Bearer {key}"),) if key else ()
+        self._channels: dict[str, TrackedChannel] = {}
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        for ch in self._channels.values():
+            ch.close()
+        self._channels.clear()
+
+    def _channel(self, domain: str) -> TrackedChannel:
+        target = self.settings.endpoint_for(domain)
+        if target not in self._channels:
+            self._channels[target] = TrackedChannel(target)
+        return self._channels[target]
+
+    def _call(self, domain: str, stub: Callable, method: str, request: message.Message,
+              timeout_s: float | None = None):
+        ch = self._channel(domain)
+        fn = getattr(stub(ch.channel), method)
+        try:
+            return fn(request, metadata=self._metadata,
+                      timeout=self.timeout_s if timeout_s is None else timeout_s)
+        except grpc.RpcError as err:
+            raise JobmeshClientError.from_rpc_error(
+                err, endpoint=ch.target, connected=ch.ever_connected) from None
+
+    # OCR
+
+    def ocr_recognize(self, image: bytes, classify_angle: bool = False,
+                      min_confidence: float = 0.0, *, timeout_s: float | None = None
+                      ) -> ocr_service_pb2.RecognizeResponse:
+        """Recognizes one encoded image and waits for the text (min_confidence 0 = default)."""
+        req = ocr_service_pb2.RecognizeRequest(image=image, options=ocr_service_pb2.RecognizeOptions(
+            classify_angle=classify_angle, min_confidence=min_confidence))
+        return self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "Recognize", req, timeout_s)
+
+    def ocr_submit(self, image: bytes, request_id: str = "", classify_angle: bool = False,
+                   min_confidence: float = 0.0, *, timeout_s: float | None = None
+                   ) -> job_pb2.Job:
+        """Queues recognition as a job; a repeated `request_id` returns the first job."""
+        req = ocr_service_pb2.SubmitRecognizeRequest(
+            request_id=request_id, image=image, options=ocr_service_pb2.RecognizeOptions(
+                classify_angle=classify_angle, min_confidence=min_confidence))
+        return self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "SubmitRecognize", req,
+                          timeout_s).job
+
+    # Jobs
+
+    def _jobs(self, method: str, request: message.Message, timeout_s: float | None = None):
+        return self._call("jobs", job_service_pb2_grpc.JobServiceStub, method, request, timeout_s)
+
+    def get_job(self, name: str, *, timeout_s: float | None = None) -> job_pb2.Job:
+        return self._jobs("GetJob", job_service_pb2.GetJobRequest(name=name), timeout_s).job
+
+    def list_jobs(self, states: Iterable[int | str] | None = None, domain: str = "",
+                  page_size: int = 0, *, timeout_s: float | None = None
+                  ) -> Iterator[job_pb2.Job]:
+        """The caller's jobs, newest first, across all pages (`page_size` per call)."""
+        req = job_service_pb2.ListJobsRequest(
+            page_size=page_size, domain=domain, states=[job_state(s) for s in states or ()])
+        while True:
+            resp = self._jobs("ListJobs", req, timeout_s)
+            yield from resp.jobs
+            if not resp.next_page_token:
+                return
+            req.page_token = resp.next_page_token
+
+    def cancel_job(self, name: str, *, timeout_s: float | None = None) -> job_pb2.Job:
+        return self._jobs("CancelJob", job_service_pb2.CancelJobRequest(name=name), timeout_s).job
+
+    def wait_job(self, name: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> job_pb2.Job:
+        """Blocks until the job is done or `timeout_s` passes; returns the job either way
+        (check `job.done`)."""
+        req = job_service_pb2.WaitJobRequest(name=name)
+        req.timeout.FromNanoseconds(int(timeout_s * 1e9))
+        return self._jobs("WaitJob", req, timeout_s + WAIT_MARGIN_S).job
+
+    def watch_job(self, name: str, *, timeout_s: float | None = None
+                  ) -> Iterator[job_service_pb2.WatchJobResponse]:
+        """Events until the job is done: first a SNAPSHOT, then state and progress changes.
+        Unbounded unless `timeout_s` is given; closing the iterator cancels the stream."""
+        ch = self._channel("jobs")
+        call = job_service_pb2_grpc.JobServiceStub(ch.channel).WatchJob(
+            job_service_pb2.WatchJobRequest(name=name), metadata=self._metadata,
+            timeout=timeout_s)
+        try:
+            yield from call
+        except grpc.RpcError as err:
+            raise JobmeshClientError.from_rpc_error(
+                err, endpoint=ch.target, connected=ch.ever_connected) from None
+        finally:
+            call.cancel()
+
+    def delete_job(self, name: str, *, timeout_s: float | None = None) -> None:
+        self._jobs("DeleteJob", job_service_pb2.DeleteJobRequest(name=name), timeout_s)
+
+    # Models
+
+    def list_models(self, page_size: int = 0, *, timeout_s: float | None = None
+                    ) -> Iterator[model_service_pb2.Model]:
+        """Every registered model, across all pages."""
+        req = model_service_pb2.ListModelsRequest(page_size=page_size)
+        while True:
+            resp = self._call("models", model_service_pb2_grpc.ModelServiceStub, "ListModels",
+                              req, timeout_s)
+            yield from resp.models
+            if not resp.next_page_token:
+                return
+            req.page_token = resp.next_page_token
+
+    def get_model(self, name: str, *, timeout_s: float | None = None
+                  ) -> model_service_pb2.Model:
+        return self._call("models", model_service_pb2_grpc.ModelServiceStub, "GetModel",
+                          model_service_pb2.GetModelRequest(name=name), timeout_s).model

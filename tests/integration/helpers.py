@@ -1,0 +1,91 @@
+"""Helpers for integration tests: rendered text images, rich error details, diagnostic jobs."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+
+import grpc
+import redis
+from google.rpc import error_details_pb2
+from grpc_status import rpc_status
+from PIL import Image, ImageDraw, ImageFont
+
+FONTS = "/usr/share/fonts/truetype/dejavu/"
+
+
+def render(lines: list[str] | str, font: str = "DejaVuSans.ttf", size: int = 36) -> bytes:
+    lines = [lines] if isinstance(lines, str) else lines
+    f = ImageFont.truetype(FONTS + font, size)
+    width = max(int(f.getlength(t)) for t in lines) + 60
+    img = Image.new("RGB", (width, int(size * 1.8) * len(lines) + 30), "white")
+    draw = ImageDraw.Draw(img)
+    for i, text in enumerate(lines):
+        draw.text((30, 15 + i * int(size * 1.8)), text, font=f, fill="black")
+    buf = io.BytesIO()
+    img.save(buf, "PNG")
+    return buf.getvalue()
+
+
+def details(err: grpc.RpcError) -> dict:
+    """{reason, violations: [(field, description)], retry_s} from google.rpc.Status details."""
+    out = {"reason": "", "violations": [], "retry_s": None}
+    status = rpc_status.from_call(err)
+    for d in status.details if status else []:
+        if d.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+            info = error_details_pb2.ErrorInfo()
+            d.Unpack(info)
+            out["reason"] = info.reason
+        elif d.Is(error_details_pb2.BadRequest.DESCRIPTOR):
+            br = error_details_pb2.BadRequest()
+            d.Unpack(br)
+            out["violations"] = [(v.field, v.description) for v in br.field_violations]
+        elif d.Is(error_details_pb2.RetryInfo.DESCRIPTOR):
+            ri = error_details_pb2.RetryInfo()
+            d.Unpack(ri)
+            out["retry_s"] = ri.retry_delay.ToTimedelta().total_seconds()
+    return out
+
+
+def submit_diag(env: dict, task: str, request: dict, tenant: str = "tenant-a",
+                request_id: str = "") -> str:
+    """Queues a diagnostic job the way a gateway would (JobStore + Celery by name)."""
+    import redis.asyncio as aioredis
+
+    from shared.config import Settings
+    from shared.jobs.celery_app import make_celery
+    from shared.jobs.dispatcher import JobDispatcher
+    from shared.jobs.store import JobStore
+
+    settings = Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in env.items()})
+
+    async def go() -> str:
+        client = aioredis.Redis.from_url(settings.redis_url)
+        try:
+            store = JobStore(client, settings.retention_s)
+            disp = JobDispatcher(make_celery("test-dispatch", settings), store)
+            job, _ = await disp.submit(tenant=tenant, domain="ocr", task=task, request=request,
+                                       request_id=request_id)
+            return job.id
+        finally:
+            await client.aclose()
+
+    return asyncio.run(go())
+
+
+def job_state(env: dict, job_id: str) -> str:
+    client = redis.Redis.from_url(env["JOBMESH_REDIS_URL"])
+    s = client.hget(f"jobmesh:job:{job_id}", "state")
+    return s.decode() if s else ""
+
+
+def wait_state(env: dict, job_id: str, states: set[str], timeout: float) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        s = job_state(env, job_id)
+        if s in states:
+            return s
+        time.sleep(0.1)
+    raise AssertionError(f"job {job_id} still {job_state(env, job_id)} after {timeout}s, "
+                         f"wanted {states}")
