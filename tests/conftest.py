@@ -15,19 +15,32 @@ import redis
 import shared  # noqa: F401 - generates and exposes the jobmesh.* stubs
 from shared.local.stack import LocalStack, free_port
 
-TEST_REDIS = os.environ.get("JOBMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379/13")
+TEST_REDIS_BASE = os.environ.get("JOBMESH_TEST_REDIS_URL", "redis://127.0.0.1:6379")
 TENANT_KEY = "test-key-tenant-a"
 OTHER_KEY = "test-key-tenant-b"
 ADMIN_KEY = "test-key-admin"
 
 
+def _claim_redis_db() -> tuple[str, redis.Redis]:
+    """A DB index (8..15) no other test session holds, so parallel sessions never flush each
+    other's data; the claim expires by itself if a session dies."""
+    for db in range(8, 16):
+        url = f"{TEST_REDIS_BASE.rstrip('/')}/{db}"
+        client = redis.Redis.from_url(url)
+        if client.set("jobmesh:test-session", os.getpid(), nx=True, ex=3600):
+            return url, client
+    raise RuntimeError("all test Redis DBs 8..15 are claimed by other test sessions")
+
+
 @pytest.fixture(scope="session")
 def stack_env(tmp_path_factory):
     root = tmp_path_factory.mktemp("jobmesh")
-    client = redis.Redis.from_url(TEST_REDIS)
+    url, client = _claim_redis_db()
+    claim = client.get("jobmesh:test-session")
     client.flushdb()
+    client.set("jobmesh:test-session", claim, ex=3600)
     env = {
-        "JOBMESH_REDIS_URL": TEST_REDIS,
+        "JOBMESH_REDIS_URL": url,
         "JOBMESH_S3_ENDPOINT": f"127.0.0.1:{free_port()}",
         "JOBMESH_S3_ACCESS_KEY": "testkey",
         "JOBMESH_S3_SECRET_KEY": "testsecret",

@@ -63,7 +63,8 @@ def ocr_recognize(client: Client, args: Namespace, out: Output) -> int:
             out.write(render.json_doc({"file": path, "response": render.as_dict(resp)},
                                       compact=several))
         else:
-            out.write(f"==> {path} <==\n{resp.text}\n" if several else resp.text)
+            gap = "\n" if n > 1 else ""
+            out.write(f"{gap}==> {path} <==\n{resp.text}" if several else resp.text)
     return OK
 
 

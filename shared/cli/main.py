@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+import textwrap
 from pathlib import Path
 
 from shared.cli import commands
@@ -86,7 +87,7 @@ def _global_flags() -> argparse.ArgumentParser:
 
 
 def _command(sub, name: str, handler, summary: str, example: str, flags):
-    p = sub.add_parser(name, parents=[flags], help=summary, description=summary,
+    p = sub.add_parser(name, parents=[flags], help=summary, description=textwrap.fill(summary, 79),
                        epilog=f"example:\n  {example}", allow_abbrev=False,
                        formatter_class=argparse.RawDescriptionHelpFormatter)
     p.set_defaults(handler=handler)
@@ -169,8 +170,10 @@ def exit_code(err: JobmeshClientError) -> int:
 
 
 def report(err: JobmeshClientError) -> None:
-    """One `error:` line on stderr, then the field violations."""
-    lines = [f"error: {err}"] + [f"  {f}: {d}" for f, d in err.field_violations]
+    """One `error:` line on stderr, then the field violations (one the message already is
+    word for word is not repeated)."""
+    lines = [f"error: {err}"] + [f"  {f}: {d}" for f, d in err.field_violations
+                                 if f"{f}: {d}" != err.message]
     print("\n".join(lines), file=sys.stderr)
 
 

@@ -100,8 +100,9 @@ class Client:
                       min_confidence: float = 0.0, *, timeout_s: float | None = None
                       ) -> ocr_service_pb2.RecognizeResponse:
         """Recognizes one encoded image and waits for the text (min_confidence 0 = default)."""
-        req = ocr_service_pb2.RecognizeRequest(image=image, options=ocr_service_pb2.RecognizeOptions(
-            classify_angle=classify_angle, min_confidence=min_confidence))
+        options = ocr_service_pb2.RecognizeOptions(classify_angle=classify_angle,
+                                                   min_confidence=min_confidence)
+        req = ocr_service_pb2.RecognizeRequest(image=image, options=options)
         return self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "Recognize", req, timeout_s)
 
     def ocr_submit(self, image: bytes, request_id: str = "", classify_angle: bool = False,

@@ -84,6 +84,14 @@ class ClientSettings:
         return _merge(layers)
 
 
+def _what(name: str, source: str) -> str:
+    """How an error names the setting: the flag, or the variable and where it was set."""
+    if source == "flags":
+        domain = name.removeprefix(ENDPOINT + "_").lower()
+        return "--endpoint" if name == ENDPOINT else f"endpoint for {domain}"
+    return f"{name} ({source})"
+
+
 def _merge(layers: list[tuple[str, dict[str, str]]]) -> ClientSettings:
     general: str | None = None
     domains: dict[str, str] = {}
@@ -92,9 +100,9 @@ def _merge(layers: list[tuple[str, dict[str, str]]]) -> ClientSettings:
         for name, value in values.items():
             if name.startswith(ENDPOINT + "_") and general is None:
                 domains.setdefault(name.removeprefix(ENDPOINT + "_").lower(),
-                                   check_endpoint(value, f"{name} ({source})"))
+                                   check_endpoint(value, _what(name, source)))
         if general is None and values.get(ENDPOINT):
-            general = check_endpoint(values[ENDPOINT], f"{ENDPOINT} ({source})")
+            general = check_endpoint(values[ENDPOINT], _what(ENDPOINT, source))
         if key is None and values.get(API_KEY):
             key = values[API_KEY].strip()
     return ClientSettings(endpoint=general, domain_endpoints=domains, api_key=key)

@@ -1,0 +1,119 @@
+"""JobStore and WorkerJobStore against the real Redis: idempotency, validated transitions,
+pagination, wait/watch. (No gateway or worker: the store's contract on its own.)"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import pytest
+import redis
+import redis.asyncio as aioredis
+
+from shared.jobs.records import State
+from shared.jobs.store import JobStore
+from shared.jobs.worker_store import WorkerJobStore
+from tests.conftest import _claim_redis_db
+
+
+@pytest.fixture(scope="module")
+def redis_url():
+    url, client = _claim_redis_db()
+    client.flushdb()
+    yield url
+    client.flushdb()
+
+
+def run(coro):
+    return asyncio.run(coro)
+
+
+async def _store(url) -> JobStore:
+    return JobStore(aioredis.Redis.from_url(url), retention_s=3600)
+
+
+def test_create_is_idempotent_per_tenant_and_request_id(redis_url):
+    async def go():
+        store = await _store(redis_url)
+        kw = dict(domain="ocr", method="m", queue="ocr.cpu", request_id="r-1")
+        a, created_a = await store.create(tenant="t1", **kw)
+        b, created_b = await store.create(tenant="t1", **kw)
+        c, _ = await store.create(tenant="t2", **kw)
+        return a, created_a, b, created_b, c
+
+    a, created_a, b, created_b, c = run(go())
+    assert created_a and not created_b and a.id == b.id and c.id != a.id
+
+
+def test_late_duplicate_never_moves_a_finished_job(redis_url):
+    async def create():
+        store = await _store(redis_url)
+        job, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q")
+        return job
+
+    job = run(create())
+    w = WorkerJobStore(redis.Redis.from_url(redis_url))
+    assert w.transition(job, State.RUNNING)
+    assert w.transition(job, State.SUCCEEDED, {"result": {"ok": True}})
+    # A duplicate delivery tries to start and fail it again: refused both times.
+    assert not w.transition(job, State.RUNNING)
+    assert not w.transition(job, State.FAILED, {"error": {"code": 13}})
+    after = w.get(job.id)
+    assert after.state is State.SUCCEEDED and after.result == {"ok": True}
+    assert [s for s, _ in after.transitions] == ["QUEUED", "RUNNING", "SUCCEEDED"]
+    w.progress(job.id, 5, 10, "late")  # progress after the end is ignored
+    assert w.get(job.id).progress_done == 0
+
+
+def test_cancel_queued_is_immediate_running_goes_through_cancelling(redis_url):
+    async def go():
+        store = await _store(redis_url)
+        q, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q")
+        r_, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q")
+        WorkerJobStore(redis.Redis.from_url(redis_url)).transition(r_, State.RUNNING)
+        return (await store.cancel(q.id, "t1")).state, (await store.cancel(r_.id, "t1")).state
+
+    assert run(go()) == (State.CANCELLED, State.CANCELLING)
+
+
+def test_list_pages_cover_everything_once_with_filters(redis_url):
+    async def go():
+        store = await _store(redis_url)
+        ids = []
+        for i in range(7):
+            job, _ = await store.create(tenant="pager", domain="ocr" if i % 2 else "audio",
+                                        method="m", queue="q")
+            ids.append(job.id)
+        seen, token = [], ""
+        while True:
+            page, token = await store.list("pager", page_size=3, page_token=token)
+            seen += [j.id for j in page]
+            if not token:
+                break
+        ocr_only, _ = await store.list("pager", domain="ocr", page_size=100)
+        return ids, seen, ocr_only
+
+    ids, seen, ocr_only = run(go())
+    assert seen == list(reversed(ids))  # newest first, no repeats, none skipped
+    assert len(ocr_only) == 3 and all(j.domain == "ocr" for j in ocr_only)
+
+
+def test_wait_returns_when_the_job_finishes(redis_url):
+    async def go():
+        store = await _store(redis_url)
+        job, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q")
+
+        async def finish_later():
+            await asyncio.sleep(0.3)
+            w = WorkerJobStore(redis.Redis.from_url(redis_url))
+            w.transition(job, State.RUNNING)
+            w.transition(job, State.SUCCEEDED, {"result": {}})
+
+        t0 = time.monotonic()
+        task = asyncio.create_task(finish_later())
+        done = await store.wait(job.id, "t1", time.monotonic() + 10)
+        await task
+        return done, time.monotonic() - t0
+
+    done, took = run(go())
+    assert done.state is State.SUCCEEDED and took < 3
