@@ -12,9 +12,8 @@ import zlib
 import grpc
 import pytest
 from google.protobuf import duration_pb2
-from jobmesh.jobs.v1 import job_pb2
+from jobmesh.jobs.v1 import job_pb2, job_service_pb2_grpc
 from jobmesh.jobs.v1 import job_service_pb2 as jobs_pb
-from jobmesh.jobs.v1 import job_service_pb2_grpc
 from jobmesh.models.v1 import model_service_pb2 as models_pb
 from jobmesh.models.v1 import model_service_pb2_grpc
 from jobmesh.ocr.v1 import ocr_service_pb2 as pb

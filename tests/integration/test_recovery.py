@@ -10,9 +10,8 @@ import time
 import grpc
 import pytest
 import redis
-from jobmesh.jobs.v1 import job_pb2
+from jobmesh.jobs.v1 import job_pb2, job_service_pb2_grpc
 from jobmesh.jobs.v1 import job_service_pb2 as jobs_pb
-from jobmesh.jobs.v1 import job_service_pb2_grpc
 from jobmesh.ocr.v1 import ocr_service_pb2 as pb
 from jobmesh.ocr.v1 import ocr_service_pb2_grpc
 

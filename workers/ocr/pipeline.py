@@ -141,7 +141,18 @@ class _Crop:
 class OcrPipeline:
     """Runs det per image, then cls/rec over all crops of all images in shared batches."""
 
-    def __init__(self, det: Runner, rec: Runner, cls: Runner | None = None) -> None:
+    def __init__(
+        self,
+        det: Runner,
+        rec: Runner,
+        cls: Runner | None = None,
+        *,
+        det_limit_side_len: int = _DET_LIMIT_SIDE_LEN,
+        det_limit_type: str = _DET_LIMIT_TYPE,
+    ) -> None:
+        """``det_limit_*`` default to rapidocr's (736, "min"): every image whose smaller side is
+        under 736 px is upscaled to it before detection. That is slow on CPU and splits large
+        text on small images into words; (64, "min"), PaddleOCR 3.x's default, avoids both."""
         self._det = det
         self._rec = rec
         self._cls = cls
@@ -150,7 +161,7 @@ class OcrPipeline:
             raise ValueError("rec model has no 'character' entry in its metadata")
         # CTCLabelDecode inserts blank/space into the list it is given, so hand it a fresh one.
         self._decoder = CTCLabelDecode(character=charset.splitlines())
-        self._det_pre = DetPreProcess(_DET_LIMIT_SIDE_LEN, _DET_LIMIT_TYPE)
+        self._det_pre = DetPreProcess(det_limit_side_len, det_limit_type)
         self._det_post = DBPostProcess(
             thresh=0.3,
             box_thresh=0.5,
