@@ -54,7 +54,8 @@ class Settings(BaseSettings):
     readiness_poll_s: float = Field(default=1.0, gt=0)
     presign_expiry_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
 
-    # Jobs
+    # Jobs. Gateways send work to the first of these queue devices with a live worker.
+    queue_preference: str = "gpu,cpu"
     retention_s: int = Field(default=7 * 24 * 3600, ge=60)
     max_deliveries: int = Field(default=3, ge=1)
     consumer_ttl_s: float = Field(default=6.0, gt=0)  # a worker is live while its beat is fresher
@@ -82,6 +83,12 @@ class Settings(BaseSettings):
 
     def gateway_port(self, domain: str) -> int:
         return self.port or DOMAIN_PORTS[domain]
+
+    def queue_devices(self) -> tuple[str, ...]:
+        devices = tuple(d.strip() for d in self.queue_preference.split(",") if d.strip())
+        if not devices or any(d not in ("cpu", "gpu") for d in devices):
+            raise ValueError("JOBMESH_QUEUE_PREFERENCE must list cpu and/or gpu, e.g. gpu,cpu")
+        return devices
 
     def visibility_timeout(self) -> int:
         return self.visibility_timeout_s or 2 * self.task_time_limit_s

@@ -21,16 +21,25 @@ log = logging.getLogger(__name__)
 
 
 class JobDispatcher:
-    def __init__(self, celery: Celery, store: JobStore, *, device: str = "cpu",
-                 consumer_ttl_s: float = 6.0):
+    def __init__(self, celery: Celery, store: JobStore, *, devices: tuple[str, ...] = ("gpu",
+                 "cpu"), consumer_ttl_s: float = 6.0):
         self.celery = celery
         self.store = store
-        self.device = device
+        self.devices = devices  # queue preference: the first with a live consumer wins
         self.consumer_ttl_s = consumer_ttl_s
         self._live: dict[str, tuple[int, float]] = {}
 
-    def queue(self, domain: str) -> str:
-        return f"{domain}.{self.device}"
+    def queues(self, domain: str) -> list[str]:
+        return [f"{domain}.{d}" for d in self.devices]
+
+    async def route(self, domain: str) -> str:
+        """The preferred queue with a live consumer (GPU before CPU by default); with none
+        live, the last one (CPU), where an async job waits for a worker to come."""
+        queues = self.queues(domain)
+        for q in queues:
+            if await self.consumers(q) > 0:
+                return q
+        return queues[-1]
 
     async def consumers(self, queue: str, max_age_s: float = 1.0) -> int:
         cached = self._live.get(queue)
@@ -41,12 +50,15 @@ class JobDispatcher:
         metrics.WORKER_UP.labels(queue=queue).set(n)
         return n
 
+    async def live(self, domain: str, max_age_s: float = 1.0) -> int:
+        return sum([await self.consumers(q, max_age_s) for q in self.queues(domain)])
+
     async def require_consumers(self, domain: str) -> None:
-        queue = self.queue(domain)
         # A cached "none" is re-read: a worker that just came up must not be refused.
-        if await self.consumers(queue) == 0 and await self.consumers(queue, max_age_s=0) == 0:
-            raise Unavailable(f"no worker consumes {queue}; retry later", reason="NO_WORKER",
-                              retry_after_s=5.0, metadata={"queue": queue})
+        if await self.live(domain) == 0 and await self.live(domain, max_age_s=0) == 0:
+            queues = ", ".join(self.queues(domain))
+            raise Unavailable(f"no worker consumes {queues}; retry later", reason="NO_WORKER",
+                              retry_after_s=5.0, metadata={"queues": queues})
 
     async def submit(self, *, tenant: str, domain: str, task: str, request: dict,
                      request_id: str = "", kind: str = "SINGLE",
@@ -55,7 +67,7 @@ class JobDispatcher:
         """Creates (or, for a repeated request_id, returns) the job and queues its task.
         `prepare(job, request)` runs between the two, e.g. to upload an inline input under the
         job's id; if it fails, the job FAILS with that error and nothing is queued."""
-        queue = self.queue(domain)
+        queue = await self.route(domain)
         job, created = await self.store.create(tenant=tenant, domain=domain, method=task,
                                                queue=queue, request_id=request_id, kind=kind)
         if not created:

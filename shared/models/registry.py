@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
 import time
 from dataclasses import asdict, dataclass, field
@@ -141,7 +142,8 @@ class ModelRegistry:
                     file_sha256(local) == f.sha256:
                 continue
             local.parent.mkdir(parents=True, exist_ok=True)
-            tmp = local.with_suffix(local.suffix + ".part")
+            # Per-process temp name: two prefork children warming up at once must not clash.
+            tmp = local.with_suffix(f"{local.suffix}.{os.getpid()}.part")
             self.store.get_file(self.bucket, self._prefix(name, version) + f.path, str(tmp))
             if file_sha256(tmp) != f.sha256:
                 tmp.unlink(missing_ok=True)

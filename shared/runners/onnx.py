@@ -51,7 +51,8 @@ class ModelRunner:
         self.path = Path(path)
         t0 = time.perf_counter()
         opts = ort.SessionOptions()
-        # Prefork children share the cores: default to 1 intra-op thread per child unless told.
+        # Prefork children share the cores: the worker entry point sets JOBMESH_ORT_THREADS to
+        # cores / children so two children do not each spin a thread per core (0 = ORT's default).
         opts.intra_op_num_threads = threads or int(os.environ.get("JOBMESH_ORT_THREADS", "0"))
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         wanted = choose_providers(ort.get_available_providers(), providers_override)

@@ -60,7 +60,7 @@ class Gateway:
         client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10)
         store = JobStore(client, settings.retention_s)
         celery = make_celery(f"jobmesh-{domain}-gateway", settings)
-        dispatcher = JobDispatcher(celery, store, device=settings.device,
+        dispatcher = JobDispatcher(celery, store, devices=settings.queue_devices(),
                                    consumer_ttl_s=settings.consumer_ttl_s)
         artifacts = ArtifactStore.from_settings(settings)
         return cls(domain, settings, keyring, client, store, dispatcher, artifacts,
@@ -112,10 +112,10 @@ class Gateway:
         await self.redis.aclose()
 
     async def _update_readiness(self) -> None:
-        queue = self.dispatcher.queue(self.domain)
         try:
-            live = await self.dispatcher.consumers(queue, max_age_s=0)
-            metrics.QUEUE_DEPTH.labels(queue=queue).set(await self.redis.llen(queue))
+            live = await self.dispatcher.live(self.domain, max_age_s=0)
+            for queue in self.dispatcher.queues(self.domain):
+                metrics.QUEUE_DEPTH.labels(queue=queue).set(await self.redis.llen(queue))
             for state, n in (await self.store.counts(self.domain)).items():
                 metrics.JOBS.labels(domain=self.domain, state=state).set(n)
         except Exception as exc:  # Redis down: not ready, and say why once per poll

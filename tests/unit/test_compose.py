@@ -201,8 +201,8 @@ def test_workers(resolved):
     assert gpu["build"]["dockerfile"] == "infra/docker/Dockerfile.cuda"
     [device] = gpu["deploy"]["resources"]["reservations"]["devices"]
     assert device["driver"] == "nvidia" and "gpu" in device["capabilities"]
-    # The gateway routes to ocr.<its device>: cpu unless JOBMESH_OCR_DEVICE says otherwise.
-    assert services["gateway-ocr"]["environment"]["JOBMESH_DEVICE"] == "cpu"
+    # The gateway prefers ocr.gpu while a GPU worker is live, else ocr.cpu.
+    assert services["gateway-ocr"]["environment"]["JOBMESH_QUEUE_PREFERENCE"] == "gpu,cpu"
 
 
 def test_depends_on_conditions(resolved):

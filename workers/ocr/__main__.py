@@ -15,13 +15,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--name", default="ocr@%h", help="Celery node name")
     args = parser.parse_args(argv)
 
+    import os
+
     from shared import logs
     from workers.ocr.tasks import app, settings
+
+    children = args.concurrency or settings.worker_concurrency
+    # Split the cores between prefork children instead of letting each take them all.
+    os.environ.setdefault("JOBMESH_ORT_THREADS", str(max(1, (os.cpu_count() or 1) // children)))
 
     logs.configure(settings.log_level, settings.log_json)
     app.worker_main([
         "worker", "-Q", settings.queue("ocr"), "-n", args.name, "--pool", "prefork",
-        "-c", str(args.concurrency or settings.worker_concurrency),
+        "-c", str(children),
         "--loglevel", settings.log_level, "--without-gossip", "--without-mingle",
         "--without-heartbeat",
     ])
