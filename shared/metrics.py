@@ -43,6 +43,22 @@ WORKER_UP = Gauge("jobmesh_worker_up", "Live consumers of a queue, as the gatewa
                   ["queue"])
 
 
+def serve_multiprocess(port: int) -> None:
+    """`/metrics` for a prefork worker: aggregates every child's samples from
+    PROMETHEUS_MULTIPROC_DIR (which must be set before prometheus_client is first imported)."""
+    if port <= 0:
+        return
+    from prometheus_client import CollectorRegistry, multiprocess
+
+    registry = CollectorRegistry()
+    multiprocess.MultiProcessCollector(registry)
+    try:
+        start_http_server(port, registry=registry)
+        log.info("metrics endpoint up", extra={"port": port, "mode": "multiprocess"})
+    except OSError as exc:
+        log.warning("metrics port busy, metrics disabled", extra={"port": port, "error": str(exc)})
+
+
 def serve(port: int) -> None:
     """Starts the `/metrics` HTTP endpoint; port 0 disables it."""
     if port <= 0:

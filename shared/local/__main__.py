@@ -91,7 +91,7 @@ def run() -> int:
         subprocess.run([sys.executable, "-m", "shared.models.importer"], cwd=REPO_ROOT,
                        env={**os.environ}, check=True, stdout=subprocess.DEVNULL)
         for domain, port in DOMAINS.items():
-            stack.start_worker(domain)
+            stack.start_worker(domain, metrics_port=9201)
             stack.start_gateway(domain, port, metrics_port=9101)
             stack.wait_consumers(f"{domain}.cpu", timeout=120)
         env_file = _write_local_env(key)
@@ -99,7 +99,7 @@ def run() -> int:
 jobmesh is up (logs in {STATE / 'logs'})
   OCR gateway   127.0.0.1:{DOMAINS['ocr']}
                 (OcrService, JobService, ModelService, health, reflection)
-  metrics       http://127.0.0.1:9101/metrics
+  metrics       http://127.0.0.1:9101/metrics (gateway), :9201/metrics (worker)
   S3 (rclone)   http://127.0.0.1:{S3_PORT}   data in {STATE / 's3'}
   Redis         {redis_url}
   API key       {key}

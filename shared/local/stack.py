@@ -97,10 +97,11 @@ class LocalStack:
         return proc
 
     def start_worker(self, domain: str, name: str | None = None, concurrency: int = 1,
-                     extra_env: dict | None = None) -> subprocess.Popen:
+                     extra_env: dict | None = None, metrics_port: int = 0) -> subprocess.Popen:
         name = name or f"worker-{domain}"
         return self._spawn(name, [sys.executable, "-m", f"workers.{domain}", "--concurrency",
-                                  str(concurrency), "--name", f"{name}@%h"], extra_env)
+                                  str(concurrency), "--name", f"{name}@%h", "--metrics-port",
+                                  str(metrics_port)], extra_env)
 
     def wait_consumers(self, queue: str, n: int = 1, timeout: float = 90.0) -> None:
         """Until `n` workers beat on `queue` (their models are loaded by then)."""
