@@ -188,6 +188,8 @@ class OcrPipeline:
             bad = not isinstance(img, np.ndarray) or img.dtype != np.uint8 or img.ndim != 3
             if bad or img.shape[2] != 3:
                 raise ValueError("images must be RGB uint8 arrays of shape (H, W, 3)")
+        if self._cls is None and any(o.classify_angle for o in options):
+            raise ValueError("classify_angle requested but the pipeline has no cls model")
 
         def check_stop() -> None:
             if should_stop is not None and should_stop():
@@ -204,8 +206,6 @@ class OcrPipeline:
         if self._cls is not None:
             to_classify = [c for c in crops if options[c.image_index].classify_angle]
             self._classify(to_classify, batch_size, check_stop)
-        elif any(o.classify_angle for o in options):
-            raise ValueError("classify_angle requested but the pipeline has no cls model")
         self._recognize(crops, batch_size, check_stop)
 
         results = [OcrResult(lines=[], width=img.shape[1], height=img.shape[0]) for img in images]

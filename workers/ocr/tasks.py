@@ -9,6 +9,8 @@ import logging
 import os
 
 from celery import signals
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import Settings
 from shared.errors import InvalidArgument
@@ -30,7 +32,23 @@ log = logging.getLogger(__name__)
 
 DET, REC, CLS = "ppocr-det", "ppocr-rec", "ppocr-cls"
 
+
+
+class OcrSettings(BaseSettings):
+    """OCR knobs (`JOBMESH_OCR_*`). Detection resizes so the image's smaller side is at least
+    `det_limit_side_len` ("min") or its larger side at most that ("max"). rapidocr's default
+    (736, min) blows a 60-px text line up to 736 px high: ~10x slower here, and big glyphs get
+    split into words. PaddleOCR 3's PP-OCRv5 default (64, min) keeps lines at native size."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBMESH_OCR_", extra="ignore", frozen=True)
+
+    det_limit_side_len: int = Field(default=64, ge=32, le=4096)
+    det_limit_type: str = Field(default="min", pattern="^(min|max)$")
+    rec_batch_size: int = Field(default=16, ge=1, le=256)
+
+
 settings = Settings()
+ocr_settings = OcrSettings()
 app = make_celery("jobmesh-ocr-worker", settings)
 kit = WorkerKit(app, "ocr", settings)
 _models: ServedModels | None = None
@@ -54,10 +72,16 @@ def _warm_up(**_) -> None:
         import numpy as np
 
         m = models()
-        pipe = OcrPipeline(m.get(DET), m.get(REC), m.get(CLS))
+        pipe = _pipeline(m, classify=True)
         pipe.recognize_images([np.full((48, 160, 3), 255, np.uint8)], [OcrOptions()])
     except Exception as exc:  # the first job will report the real error
         log.warning("warm-up failed", extra={"error": str(exc), "pid": os.getpid()})
+
+
+def _pipeline(m: ServedModels, classify: bool) -> OcrPipeline:
+    return OcrPipeline(m.get(DET), m.get(REC), m.get(CLS) if classify else None,
+                       det_limit_side_len=ocr_settings.det_limit_side_len,
+                       det_limit_type=ocr_settings.det_limit_type)
 
 
 def _input_bytes(ctx: JobContext, request: dict) -> bytes:
@@ -79,9 +103,10 @@ def recognize(ctx: JobContext, request: dict) -> dict:
         raise InvalidArgument.for_field(field, str(exc), reason=exc.reason) from exc
     opts = request.get("options", {})
     options = OcrOptions(min_confidence=float(opts.get("min_confidence", 0.5)),
-                         classify_angle=bool(opts.get("classify_angle", False)))
+                         classify_angle=bool(opts.get("classify_angle", False)),
+                         rec_batch_size=ocr_settings.rec_batch_size)
     m = models()
-    pipe = OcrPipeline(m.get(DET), m.get(REC), m.get(CLS) if options.classify_angle else None)
+    pipe = _pipeline(m, options.classify_angle)
     ctx.progress(0, 1, "recognizing")
     try:
         [result] = pipe.recognize_images([image], [options], should_stop=ctx.should_stop)
