@@ -4,6 +4,7 @@ DB index of their own, with the real PP-OCR models imported into the test regist
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 from pathlib import Path
@@ -32,13 +33,27 @@ def _claim_redis_db() -> tuple[str, redis.Redis]:
     raise RuntimeError("all test Redis DBs 8..15 are claimed by other test sessions")
 
 
-@pytest.fixture(scope="session")
-def stack_env(tmp_path_factory):
-    root = tmp_path_factory.mktemp("jobmesh")
+@contextlib.contextmanager
+def claimed_redis_db():
+    """Yields the URL of an empty DB claimed for the block; empties (and releases) it after."""
     url, client = _claim_redis_db()
     claim = client.get("jobmesh:test-session")
     client.flushdb()
     client.set("jobmesh:test-session", claim, ex=3600)
+    try:
+        yield url
+    finally:
+        client.flushdb()
+
+
+@pytest.fixture(scope="session")
+def stack_env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("jobmesh")
+    with claimed_redis_db() as url:
+        yield from _stack_env(root, url)
+
+
+def _stack_env(root, url):
     env = {
         "JOBMESH_REDIS_URL": url,
         "JOBMESH_S3_ENDPOINT": f"127.0.0.1:{free_port()}",
@@ -59,7 +74,6 @@ def stack_env(tmp_path_factory):
         "JOBMESH_LOG_JSON": "1",
     }
     yield root, env
-    client.flushdb()
 
 
 @pytest.fixture(scope="session")

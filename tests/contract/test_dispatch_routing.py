@@ -13,15 +13,6 @@ from shared.errors import Unavailable
 from shared.jobs.dispatcher import JobDispatcher
 from shared.jobs.records import consumers_key
 from shared.jobs.store import JobStore
-from tests.conftest import _claim_redis_db
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    url, client = _claim_redis_db()
-    client.flushdb()
-    yield url
-    client.flushdb()
 
 
 def test_routes_to_gpu_only_while_a_gpu_worker_is_live(redis_url):

@@ -6,22 +6,12 @@ from __future__ import annotations
 import asyncio
 import time
 
-import pytest
 import redis
 import redis.asyncio as aioredis
 
 from shared.jobs.records import State
 from shared.jobs.store import JobStore
 from shared.jobs.worker_store import WorkerJobStore
-from tests.conftest import _claim_redis_db
-
-
-@pytest.fixture(scope="module")
-def redis_url():
-    url, client = _claim_redis_db()
-    client.flushdb()
-    yield url
-    client.flushdb()
 
 
 def run(coro):
