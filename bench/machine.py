@@ -8,6 +8,7 @@ import importlib.metadata
 import os
 import platform
 import subprocess
+import time
 from pathlib import Path
 
 PACKAGES = ("onnxruntime", "rapidocr", "grpcio", "celery", "kombu", "redis", "numpy",
@@ -48,6 +49,47 @@ def load_average() -> list[float] | None:
         return [round(x, 2) for x in os.getloadavg()]
     except OSError:
         return None
+
+
+def _cpu_jiffies() -> tuple[float, float] | None:
+    """(busy, steal) seconds of all CPUs together since boot, from /proc/stat."""
+    try:
+        fields = Path("/proc/stat").read_text().splitlines()[0].split()
+    except (OSError, IndexError):
+        return None
+    if fields[0] != "cpu" or len(fields) < 9:
+        return None
+    v = [int(x) for x in fields[1:9]]  # user nice system idle iowait irq softirq steal
+    hz = os.sysconf("SC_CLK_TCK")
+    return (v[0] + v[1] + v[2] + v[5] + v[6]) / hz, v[7] / hz
+
+
+def _own_cpu() -> float:
+    """CPU seconds of this process and of its children that have been waited for (LocalStack
+    waits for the mesh's processes when it stops them, so they count once stopped)."""
+    t = os.times()
+    return t.user + t.system + t.children_user + t.children_system
+
+
+class CpuMeter:
+    """How busy the machine was during a run, and how much of that was someone else's work:
+    foreign = all CPUs' busy time - this process tree's CPU time. Read `stop()` only after the
+    mesh's processes are stopped (and so waited for)."""
+
+    def __init__(self):
+        self._start = (time.monotonic(), _cpu_jiffies(), _own_cpu())
+
+    def stop(self) -> dict:
+        t0, j0, own0 = self._start
+        wall = time.monotonic() - t0
+        j1, own1 = _cpu_jiffies(), _own_cpu()
+        out = {"wall_s": round(wall, 1), "own_cores": round((own1 - own0) / wall, 2)}
+        if j0 and j1:
+            busy = (j1[0] - j0[0]) / wall
+            out["machine_busy_cores"] = round(busy, 2)
+            out["foreign_cores"] = round(max(0.0, busy - out["own_cores"]), 2)
+            out["steal_cores"] = round((j1[1] - j0[1]) / wall, 2)
+        return out
 
 
 def versions() -> dict[str, str]:
@@ -112,3 +154,9 @@ def one_line(facts: dict) -> str:
               f"onnxruntime {v.get('onnxruntime', '?')}", f"rapidocr {v.get('rapidocr', '?')}",
               facts["date"]]
     return ", ".join(parts)
+
+
+if __name__ == "__main__":
+    import json
+
+    print(json.dumps(describe(repo=Path(__file__).resolve().parents[1]), indent=2))

@@ -104,7 +104,8 @@ class LocalStack:
                                   str(metrics_port)], extra_env)
 
     def wait_consumers(self, queue: str, n: int = 1, timeout: float = 90.0) -> None:
-        """Until `n` workers beat on `queue` (their models are loaded by then)."""
+        """Until `n` workers beat on `queue`. A worker beats once it consumes; its children may
+        still be warming their models up, so a first job can wait a moment in the queue."""
         from shared.jobs.records import consumers_key
 
         client = redis.Redis.from_url(self.env["JOBMESH_REDIS_URL"])
