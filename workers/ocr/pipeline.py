@@ -29,10 +29,21 @@ from rapidocr.ch_ppocr_det.main import TextDetector
 from rapidocr.ch_ppocr_det.utils import DBPostProcess, DetPreProcess
 from rapidocr.ch_ppocr_rec.utils import CTCLabelDecode
 from rapidocr.utils.process_img import (
+    ResizeImgError,
     apply_vertical_padding,
     get_rotate_crop_image,
     map_boxes_to_original,
     resize_image_within_bounds,
+)
+
+from workers.ocr.longline import (
+    Decoded,
+    LongLineConfig,
+    ctc_decode,
+    merge_boxes,
+    merge_windows,
+    plan_windows,
+    tile_spans,
 )
 
 # rapidocr 3.10.0 config.yaml defaults (Global / Det / Cls / Rec sections).
@@ -78,6 +89,7 @@ class OcrOptions:
     min_confidence: float = 0.5  # lines scoring below this are dropped (rapidocr text_score)
     classify_angle: bool = False  # run the 0/180 degree classifier on each crop
     rec_batch_size: int = 16  # crops per recognition call
+    long_lines: bool = True  # tiled detection and windowed recognition (off = by-hand baseline)
 
 
 @dataclass
@@ -85,6 +97,9 @@ class OcrLine:
     text: str
     confidence: float
     box: list[tuple[float, float]]  # TL, TR, BR, BL in input-image pixels
+    path: str = "single"  # "single" (one recognizer call) or "windowed" (merged windows)
+    windows: int = 1
+    tiled: bool = False  # the box came from tiled detection
 
 
 @dataclass
@@ -108,6 +123,9 @@ class OcrResult:
                     "text": line.text,
                     "confidence": float(line.confidence),
                     "box": [[float(x), float(y)] for x, y in line.box],
+                    "path": line.path,
+                    "windows": line.windows,
+                    "tiled": line.tiled,
                 }
                 for line in self.lines
             ],
@@ -121,6 +139,9 @@ class OcrResult:
                     text=str(item["text"]),
                     confidence=float(item["confidence"]),
                     box=[(float(x), float(y)) for x, y in item["box"]],
+                    path=str(item.get("path", "single")),
+                    windows=int(item.get("windows", 1)),
+                    tiled=bool(item.get("tiled", False)),
                 )
                 for item in data.get("lines", [])
             ],
@@ -136,6 +157,10 @@ class _Crop:
     pixels: np.ndarray  # BGR uint8 crop, straightened
     text: str = ""
     confidence: float = 0.0
+    long_lines: bool = True
+    tiled: bool = False
+    path: str = "single"
+    windows: int = 1
 
 
 class OcrPipeline:
@@ -149,6 +174,7 @@ class OcrPipeline:
         *,
         det_limit_side_len: int = _DET_LIMIT_SIDE_LEN,
         det_limit_type: str = _DET_LIMIT_TYPE,
+        long_lines: LongLineConfig | None = None,
     ) -> None:
         """``det_limit_*`` default to rapidocr's (736, "min"): every image whose smaller side is
         under 736 px is upscaled to it before detection. That is slow on CPU and splits large
@@ -161,6 +187,8 @@ class OcrPipeline:
             raise ValueError("rec model has no 'character' entry in its metadata")
         # CTCLabelDecode inserts blank/space into the list it is given, so hand it a fresh one.
         self._decoder = CTCLabelDecode(character=charset.splitlines())
+        self._charset = self._decoder.character  # blank first, space last
+        self._long = long_lines or LongLineConfig()
         self._det_pre = DetPreProcess(det_limit_side_len, det_limit_type)
         self._det_post = DBPostProcess(
             thresh=0.3,
@@ -196,9 +224,15 @@ class OcrPipeline:
                 raise PipelineCancelled("OCR cancelled")
 
         crops: list[_Crop] = []
-        for index, img in enumerate(images):
+        for index, (img, opts) in enumerate(zip(images, options, strict=True)):
             check_stop()
-            crops.extend(self._detect(index, img))
+            if opts.long_lines and max(img.shape[:2]) > self._long.tile_above:
+                found = self._detect_tiled(index, img, check_stop)
+            else:
+                found = self._detect(index, img)
+            for crop in found:
+                crop.long_lines = opts.long_lines
+            crops.extend(found)
 
         # One batch size for the whole call: the smallest requested, so no task gets a bigger
         # ORT call (more memory) than it asked for.
@@ -214,21 +248,30 @@ class OcrPipeline:
             if not crop.text.strip() or crop.confidence < opts.min_confidence:
                 continue
             box = [(float(x), float(y)) for x, y in crop.box]
-            results[crop.image_index].lines.append(OcrLine(crop.text, crop.confidence, box))
+            results[crop.image_index].lines.append(OcrLine(crop.text, crop.confidence, box,
+                                                           crop.path, crop.windows, crop.tiled))
         return results
 
-    def _detect(self, index: int, rgb: np.ndarray) -> list[_Crop]:
+    def _detect(self, index: int, rgb: np.ndarray, pad: bool = True) -> list[_Crop]:
         """Mirror of RapidOCR.preprocess_img + detect_and_crop + map_boxes_to_original."""
         ori_h, ori_w = rgb.shape[:2]
         if ori_h == 0 or ori_w == 0:
             return []
         # The Paddle models were trained on cv2-loaded (BGR) images; rapidocr feeds BGR too.
         bgr = np.ascontiguousarray(rgb[:, :, ::-1])
-        img, ratio_h, ratio_w = resize_image_within_bounds(bgr, _MIN_SIDE_LEN, _MAX_SIDE_LEN)
+        try:
+            img, ratio_h, ratio_w = resize_image_within_bounds(bgr, _MIN_SIDE_LEN,
+                                                               _MAX_SIDE_LEN)
+        except ResizeImgError:
+            # rapidocr's single pass cannot shrink extreme aspect ratios (a 14,000 x 60 line
+            # would become 2,000 x 8): it reads nothing, as rapidocr by hand does.
+            return []
         record: dict[str, Any] = {"preprocess": {"ratio_h": ratio_h, "ratio_w": ratio_w}}
         # Short/wide line images get black bands so the 736-px "min side" resize in DetPreProcess
         # does not blow the text up until DB splits or drops it.
-        img, record = apply_vertical_padding(img, record, _PAD_WIDTH_HEIGHT_RATIO, _PAD_MIN_HEIGHT)
+        if pad:
+            img, record = apply_vertical_padding(img, record, _PAD_WIDTH_HEIGHT_RATIO,
+                                                 _PAD_MIN_HEIGHT)
 
         tensor = self._det_pre(img)
         if tensor is None:
@@ -243,6 +286,27 @@ class OcrPipeline:
         pixels = [get_rotate_crop_image(img, box.copy()) for box in boxes]
         mapped = map_boxes_to_original(boxes.astype(np.float32), record, ori_h, ori_w)
         return [_Crop(index, box, crop) for box, crop in zip(mapped, pixels, strict=True)]
+
+    def _detect_tiled(self, index: int, rgb: np.ndarray,
+                      check_stop: Callable[[], None]) -> list[_Crop]:
+        """Detects on overlapping tiles at native resolution (no global shrink to 2,000 px),
+        joins boxes that tiles cut apart, and crops from the native image."""
+        bgr = np.ascontiguousarray(rgb[:, :, ::-1])
+        h, w = bgr.shape[:2]
+        cfg = self._long
+        quads: list[np.ndarray] = []
+        for y0, y1 in tile_spans(h, cfg.tile_size, cfg.tile_overlap):
+            for x0, x1 in tile_spans(w, cfg.tile_size, cfg.tile_overlap):
+                check_stop()
+                tile = np.ascontiguousarray(rgb[y0:y1, x0:x1])
+                # No vertical padding: a tile is already at native scale, and padding a
+                # 2,000 x 70 strip to 2,000 x 250 would triple the detector's work.
+                for crop in self._detect(index, tile, pad=False):
+                    quads.append(crop.box + np.array([x0, y0], dtype=np.float32))
+        boxes = merge_boxes(quads)
+        boxes = TextDetector.sorted_boxes(np.array(boxes)) if boxes else []
+        return [_Crop(index, box, get_rotate_crop_image(bgr, box.copy()), tiled=True)
+                for box in boxes]
 
     def _classify(
         self, crops: list[_Crop], batch_size: int, check_stop: Callable[[], None]
@@ -263,19 +327,52 @@ class OcrPipeline:
     def _recognize(
         self, crops: list[_Crop], batch_size: int, check_stop: Callable[[], None]
     ) -> None:
-        """Fill crop.text/confidence; batches are width-sorted to limit padding."""
-        ordered = sorted(crops, key=_aspect)
+        """Fill crop.text/confidence. Crops wider than the recognizer handles well become
+        overlapping windows; all pieces of all crops share width-sorted batches."""
+        pieces: list[_Piece] = []
+        spans: dict[int, list[tuple[int, int]]] = {}
+        for n, crop in enumerate(crops):
+            h, w = crop.pixels.shape[:2]
+            plan = plan_windows(w, h, self._long) if crop.long_lines else [(0, w)]
+            spans[n] = plan
+            pieces += [_Piece(n, x0, crop.pixels[:, x0:x1]) for x0, x1 in plan]
+        ordered = sorted(pieces, key=lambda p: p.pixels.shape[1] / p.pixels.shape[0])
         for start in range(0, len(ordered), batch_size):
             check_stop()
             batch = ordered[start : start + batch_size]
-            # Every crop in a batch is padded to the widest one, never below 320x48.
-            max_ratio = max([_REC_BASE_WIDTH / _REC_HEIGHT] + [_aspect(c) for c in batch])
+            # Every piece in a batch is padded to the widest one, never below 320x48.
+            max_ratio = max([_REC_BASE_WIDTH / _REC_HEIGHT] +
+                            [p.pixels.shape[1] / p.pixels.shape[0] for p in batch])
             width = int(_REC_HEIGHT * max_ratio)
-            tensor = np.stack([_normalize(c.pixels, _REC_HEIGHT, width) for c in batch])
+            tensor = np.stack([_normalize(p.pixels, _REC_HEIGHT, width) for p in batch])
             preds = self._rec.run({self._rec.input_names[0]: tensor})[0]
-            decoded, _ = self._decoder(preds)
-            for crop, (text, score) in zip(batch, decoded, strict=True):
-                crop.text, crop.confidence = text, float(score)
+            for piece, dec in zip(batch, ctc_decode(preds, self._charset), strict=True):
+                # Frame f covers recognizer columns around (f + 0.5) * stride; map to crop px.
+                h, w = piece.pixels.shape[:2]
+                stride = width / dec.frame_count
+                native_per_rec = w / min(width, math.ceil(_REC_HEIGHT * w / h))
+                dec.xs = [piece.x0 + (f + 0.5) * stride * native_per_rec for f in dec.frames]
+                piece.decoded = dec
+        by_crop: dict[int, list[_Piece]] = {}
+        for piece in pieces:
+            by_crop.setdefault(piece.crop, []).append(piece)
+        for n, crop in enumerate(crops):
+            parts = [p.decoded for p in by_crop[n]]
+            line = parts[0] if len(parts) == 1 else merge_windows(
+                parts, spans[n], crop.pixels.shape[0])
+            crop.text, crop.confidence = line.text, line.confidence
+            crop.windows = len(parts)
+            crop.path = "windowed" if len(parts) > 1 else "single"
+
+
+@dataclass
+class _Piece:
+    """A crop, or one window of a wide crop, on its way through the recognizer."""
+
+    crop: int  # index into the crops list
+    x0: int  # left edge within the crop, px
+    pixels: np.ndarray
+    decoded: Decoded | None = None
 
 
 def _aspect(crop: _Crop) -> float:
