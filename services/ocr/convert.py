@@ -12,13 +12,15 @@ from shared.jobs.convert import artifact_pb
 from shared.storage.artifacts import ArtifactRef
 
 RECOGNIZE_TASK = "jobmesh.ocr.v1.recognize"
+_PATHS = {"single": pb.RECOGNITION_PATH_SINGLE, "windowed": pb.RECOGNITION_PATH_WINDOWED}
 
 
 def options_to_dict(options: pb.RecognizeOptions, field: str = "options") -> dict:
     conf = options.min_confidence
     if not 0.0 <= conf <= 1.0 or conf != conf:  # NaN fails both comparisons' negation
         raise InvalidArgument.for_field(f"{field}.min_confidence", "must be within 0..1")
-    return {"min_confidence": conf or 0.5, "classify_angle": bool(options.classify_angle)}
+    return {"min_confidence": conf or 0.5, "classify_angle": bool(options.classify_angle),
+            "long_lines": not options.disable_long_lines}
 
 
 def ref_from_pb(ref, field: str) -> ArtifactRef:
@@ -52,7 +54,10 @@ def worker_request(image: bytes | None, ref: ArtifactRef | None, options: dict,
 def response_from_result(result: dict) -> pb.RecognizeResponse:
     lines = [
         pb.TextLine(text=line["text"], confidence=line["confidence"],
-                    box=[pb.Point(x=x, y=y) for x, y in line["box"]])
+                    box=[pb.Point(x=x, y=y) for x, y in line["box"]],
+                    path=_PATHS.get(line.get("path", ""), pb.RECOGNITION_PATH_UNSPECIFIED),
+                    windows=int(line.get("windows", 1)),
+                    tiled_detection=bool(line.get("tiled", False)))
         for line in result.get("lines", [])
     ]
     return pb.RecognizeResponse(

@@ -53,12 +53,12 @@ def ocr_recognize(client: Client, args: Namespace, out: Output) -> int:
         if args.submit:
             rid = f"{args.request_id}-{n}" if args.request_id and several else args.request_id
             job = client.ocr_submit(data, rid or "", args.classify_angle, args.min_confidence,
-                                    timeout_s=args.timeout)
+                                    long_lines=not args.no_long_lines, timeout_s=args.timeout)
             out.write(render.json_doc({"file": path, "job": render.as_dict(job)}, compact=several)
                       if args.output == "json" else job.name)
             continue
         resp = client.ocr_recognize(data, args.classify_angle, args.min_confidence,
-                                    timeout_s=args.timeout)
+                                    long_lines=not args.no_long_lines, timeout_s=args.timeout)
         if args.output == "json":
             out.write(render.json_doc({"file": path, "response": render.as_dict(resp)},
                                       compact=several))

@@ -115,6 +115,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("files", nargs="+", metavar="FILE", help="image file(s)")
     p.add_argument("--classify-angle", action="store_true",
                    help="run the 0/180 degree angle classifier on each line")
+    p.add_argument("--no-long-lines", action="store_true",
+                   help="turn off tiled detection and windowed recognition (the by-hand "
+                        "baseline; very long lines then read as nothing)")
     p.add_argument("--min-confidence", type=float, default=0.0, metavar="P",
                    help="drop lines below this confidence, 0..1 (default: the server's, 0.5)")
     p.add_argument("--async", dest="submit", action="store_true",

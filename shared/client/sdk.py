@@ -97,21 +97,24 @@ class Client:
     # OCR
 
     def ocr_recognize(self, image: bytes, classify_angle: bool = False,
-                      min_confidence: float = 0.0, *, timeout_s: float | None = None
-                      ) -> ocr_service_pb2.RecognizeResponse:
-        """Recognizes one encoded image and waits for the text (min_confidence 0 = default)."""
+                      min_confidence: float = 0.0, *, long_lines: bool = True,
+                      timeout_s: float | None = None) -> ocr_service_pb2.RecognizeResponse:
+        """Recognizes one encoded image and waits for the text (min_confidence 0 = default;
+        long_lines=False turns tiled detection and windowed recognition off)."""
         options = ocr_service_pb2.RecognizeOptions(classify_angle=classify_angle,
-                                                   min_confidence=min_confidence)
+                                                   min_confidence=min_confidence,
+                                                   disable_long_lines=not long_lines)
         req = ocr_service_pb2.RecognizeRequest(image=image, options=options)
         return self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "Recognize", req, timeout_s)
 
     def ocr_submit(self, image: bytes, request_id: str = "", classify_angle: bool = False,
-                   min_confidence: float = 0.0, *, timeout_s: float | None = None
-                   ) -> job_pb2.Job:
+                   min_confidence: float = 0.0, *, long_lines: bool = True,
+                   timeout_s: float | None = None) -> job_pb2.Job:
         """Queues recognition as a job; a repeated `request_id` returns the first job."""
         req = ocr_service_pb2.SubmitRecognizeRequest(
             request_id=request_id, image=image, options=ocr_service_pb2.RecognizeOptions(
-                classify_angle=classify_angle, min_confidence=min_confidence))
+                classify_angle=classify_angle, min_confidence=min_confidence,
+                disable_long_lines=not long_lines))
         return self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "SubmitRecognize", req,
                           timeout_s).job
 

@@ -268,3 +268,24 @@ def test_health_is_open_reflection_needs_a_key(channel, worker):
     [resp] = list(stub.ServerReflectionInfo(iter([req]), metadata=auth(), timeout=5))
     names = {s.name for s in resp.list_services_response.service}
     assert {"jobmesh.ocr.v1.OcrService", "jobmesh.jobs.v1.JobService"} <= names
+
+
+def _long_line(chars: int) -> tuple[str, bytes]:
+    words = " ".join(open("/usr/share/common-licenses/Apache-2.0").read().split())
+    text = words[2000:2000 + chars].strip()
+    return text, render(text, size=40)
+
+
+def test_very_long_line_end_to_end(ocr):
+    text, image = _long_line(600)  # ~12,000 px wide: rapidocr by hand reads nothing here
+    resp = ocr.Recognize(pb.RecognizeRequest(image=image), metadata=auth(), timeout=120)
+    assert resp.image_width > 10_000
+    assert resp.text == text
+    [line] = resp.lines
+    assert line.path == pb.RECOGNITION_PATH_WINDOWED and line.windows > 3
+    assert line.tiled_detection
+    # The by-hand baseline (long-line paths off) loses it.
+    off = ocr.Recognize(pb.RecognizeRequest(
+        image=image, options=pb.RecognizeOptions(disable_long_lines=True)),
+        metadata=auth(), timeout=120)
+    assert off.text != text

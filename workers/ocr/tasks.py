@@ -20,6 +20,7 @@ from shared.models.registry import ModelRegistry
 from shared.models.serving import ServedModels
 from shared.storage.artifacts import ArtifactRef, ArtifactStore
 from workers.ocr.layout import text_of
+from workers.ocr.longline import LongLineConfig
 from workers.ocr.pipeline import (
     ImageDecodeError,
     OcrOptions,
@@ -45,10 +46,24 @@ class OcrSettings(BaseSettings):
     det_limit_side_len: int = Field(default=64, ge=32, le=4096)
     det_limit_type: str = Field(default="min", pattern="^(min|max)$")
     rec_batch_size: int = Field(default=16, ge=1, le=256)
+    # Long lines (workers/ocr/longline.py): tiles for detection, windows for recognition.
+    tile_above: int = Field(default=4000, ge=512)
+    tile_size: int = Field(default=2000, ge=256, le=8192)
+    tile_overlap: int = Field(default=320, ge=32)
+    window_above: int = Field(default=3200, ge=320)
+    window_width: int = Field(default=1600, ge=160)
+    window_overlap: int = Field(default=320, ge=16)
+
+    def long_lines(self) -> LongLineConfig:
+        if self.tile_overlap >= self.tile_size or 2 * self.window_overlap > self.window_width:
+            raise ValueError("JOBMESH_OCR_*_OVERLAP must be below half the window and the tile")
+        return LongLineConfig(self.tile_above, self.tile_size, self.tile_overlap,
+                              self.window_above, self.window_width, self.window_overlap)
 
 
 settings = Settings()
 ocr_settings = OcrSettings()
+_LONG_LINES = ocr_settings.long_lines()  # validated at import: a bad value stops the worker
 app = make_celery("jobmesh-ocr-worker", settings)
 kit = WorkerKit(app, "ocr", settings)
 _models: ServedModels | None = None
@@ -81,7 +96,8 @@ def _warm_up(**_) -> None:
 def _pipeline(m: ServedModels, classify: bool) -> OcrPipeline:
     return OcrPipeline(m.get(DET), m.get(REC), m.get(CLS) if classify else None,
                        det_limit_side_len=ocr_settings.det_limit_side_len,
-                       det_limit_type=ocr_settings.det_limit_type)
+                       det_limit_type=ocr_settings.det_limit_type,
+                       long_lines=_LONG_LINES)
 
 
 def _input_bytes(ctx: JobContext, request: dict) -> bytes:
@@ -104,7 +120,8 @@ def recognize(ctx: JobContext, request: dict) -> dict:
     opts = request.get("options", {})
     options = OcrOptions(min_confidence=float(opts.get("min_confidence", 0.5)),
                          classify_angle=bool(opts.get("classify_angle", False)),
-                         rec_batch_size=ocr_settings.rec_batch_size)
+                         rec_batch_size=ocr_settings.rec_batch_size,
+                         long_lines=bool(opts.get("long_lines", True)))
     m = models()
     pipe = _pipeline(m, options.classify_angle)
     ctx.progress(0, 1, "recognizing")
