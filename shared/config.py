@@ -54,6 +54,10 @@ class Settings(BaseSettings):
     readiness_poll_s: float = Field(default=1.0, gt=0)
     presign_expiry_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
 
+    # Cross-request batching of sync calls at the gateway (1 = off).
+    coalesce_max_batch: int = Field(default=8, ge=1, le=256)
+    coalesce_delay_ms: float = Field(default=5.0, ge=0, le=1000)
+
     # Jobs. Gateways send work to the first of these queue devices with a live worker.
     queue_preference: str = "gpu,cpu"
     retention_s: int = Field(default=7 * 24 * 3600, ge=60)

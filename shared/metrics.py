@@ -34,6 +34,10 @@ BATCH_SIZE = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64, 128),
 )
 JOBS = Gauge("jobmesh_jobs", "Jobs per state (from the job store counters)", ["domain", "state"])
+COALESCE_DELAY = Histogram(
+    "jobmesh_coalesce_delay_seconds", "Time a sync request waited at the gateway for batch-mates",
+    ["domain"], buckets=(0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1),
+)
 QUEUE_DEPTH = Gauge("jobmesh_queue_depth", "Messages waiting in a queue", ["queue"])
 MODEL_LOAD = Histogram(
     "jobmesh_model_load_seconds", "Time to fetch, verify and load a model", ["model"],

@@ -1,6 +1,7 @@
 """Diagnostic tasks for tests and benchmarks, registered only with JOBMESH_DIAGNOSTICS=1:
-`noop` (dispatch overhead), `sleep` (a long job to cancel or kill mid-run) and `crash` (a poison
-message that kills its worker process every time)."""
+`noop` (dispatch overhead), `sleep` (a long job to cancel or kill mid-run), `crash` (a poison
+message that kills its worker process every time) and `batch` (several jobs in one message, any
+of which may be poison)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,13 @@ def register(kit: WorkerKit) -> None:
                 ctx.progress(i, steps, "sleeping")
         ctx.put_artifact("result.json", b'{"slept": true}', "application/json")
         return {"slept": float(request.get("seconds", 1)), "pid": os.getpid()}
+
+    @kit.batch_task("jobmesh.diag.v1.batch")
+    def batch(ctxs: list[JobContext], requests: list[dict]) -> list:
+        """Each request may say {"crash": true}: that input kills the worker process."""
+        if any(r.get("crash") for r in requests):
+            os.kill(os.getpid(), signal.SIGKILL)
+        return [{"echo": r.get("echo", ""), "batch": len(requests)} for r in requests]
 
     @kit.task("jobmesh.diag.v1.crash")
     def crash(ctx: JobContext, request: dict) -> dict:

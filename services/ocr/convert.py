@@ -12,6 +12,7 @@ from shared.jobs.convert import artifact_pb
 from shared.storage.artifacts import ArtifactRef
 
 RECOGNIZE_TASK = "jobmesh.ocr.v1.recognize"
+RECOGNIZE_BATCH_TASK = "jobmesh.ocr.v1.recognize_batch"  # several coalesced sync requests
 _PATHS = {"single": pb.RECOGNITION_PATH_SINGLE, "windowed": pb.RECOGNITION_PATH_WINDOWED}
 
 

@@ -23,6 +23,7 @@ UPLOAD_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/web
                 "application/octet-stream")
 
 register_result(convert.RECOGNIZE_TASK, convert.response_from_result)
+register_result(convert.RECOGNIZE_BATCH_TASK, convert.response_from_result)
 
 
 class OcrServicer(ocr_service_pb2_grpc.OcrServiceServicer):
@@ -56,8 +57,12 @@ class OcrServicer(ocr_service_pb2_grpc.OcrServiceServicer):
         p = current_principal()
         req = await self._worker_request(request, p.tenant, store_result=False)
         await self.gw.dispatcher.require_consumers(DOMAIN)
-        job, _ = await self.gw.dispatcher.submit(tenant=p.tenant, domain=DOMAIN,
-                                                 task=convert.RECOGNIZE_TASK, request=req)
+        if self.gw.coalescer is not None and self.gw.coalescer.enabled:
+            job = await self.gw.coalescer.submit(tenant=p.tenant, domain=DOMAIN,
+                                                 task=convert.RECOGNIZE_BATCH_TASK, request=req)
+        else:
+            job, _ = await self.gw.dispatcher.submit(tenant=p.tenant, domain=DOMAIN,
+                                                     task=convert.RECOGNIZE_TASK, request=req)
         remaining = context.time_remaining()
         budget = self.settings.sync_timeout_s if remaining is None else \
             min(self.settings.sync_timeout_s, max(0.0, remaining - 0.05))

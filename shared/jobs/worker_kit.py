@@ -76,6 +76,15 @@ class JobContext:
 
 
 JobFunction = Callable[[JobContext, dict], dict]
+# One result dict or JobmeshError per context, in order.
+BatchFunction = Callable[[list[JobContext], list[dict]], list]
+
+
+def _one(fn: BatchFunction, ctx: JobContext, request: dict) -> dict:
+    [outcome] = fn([ctx], [request])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
 
 
 class WorkerKit:
@@ -132,54 +141,111 @@ class WorkerKit:
 
         return register
 
+    def batch_task(self, name: str) -> Callable[[BatchFunction], object]:
+        """Registers `fn(ctxs, requests) -> [result | JobmeshError, ...]` as the Celery task
+        `name`, for messages that carry several jobs (`{"jobs": [{"job_id", "request"}, ...]}`,
+        sent by the gateway's coalescer). One result or error per job, in order."""
+
+        def register(fn: BatchFunction):
+            @self.app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)
+            def _task(task_self, envelope: dict):
+                return self.run_batch(name, fn, envelope)
+
+            return _task
+
+        return register
+
     def run(self, name: str, fn: JobFunction, envelope: dict) -> None:
+        job = self._admit(name, str(envelope.get("job_id", "")), envelope)
+        if job is None:
+            return
+        ctx = JobContext(job, self.store(), self.settings, self.artifacts)
+        try:
+            outcome: dict | BaseException = fn(ctx, envelope.get("request", {}))
+        except (JobCancelled, SoftTimeLimitExceeded, JobmeshError) as exc:
+            outcome = exc
+        except Exception as exc:
+            self._settle(ctx, exc)
+            log.exception("job crashed")
+            raise
+        self._settle(ctx, outcome)
+
+    def run_batch(self, name: str, fn: BatchFunction, envelope: dict) -> None:
+        """First delivery: every job runs in one batch. A redelivery means the batch killed its
+        worker, so the jobs run one by one: a poison input then fails only its own job, and the
+        ones finished before it are not run again."""
+        items = [i for i in envelope.get("jobs", []) if isinstance(i, dict)]
         store = self.store()
-        job_id = str(envelope.get("job_id", ""))
+        records = [store.get(str(i.get("job_id", ""))) for i in items]
+        if any(r is not None and r.deliveries > 0 for r in records):
+            log.info("batch redelivered; isolating its jobs", extra={"jobs": len(items)})
+            for item in items:
+                self.run(name, lambda ctx, req: _one(fn, ctx, req), item)
+            return
+        admitted = [(job, item.get("request", {})) for job, item in
+                    ((self._admit(name, str(i.get("job_id", "")), i), i) for i in items)
+                    if job is not None]
+        if not admitted:
+            return
+        ctxs = [JobContext(job, store, self.settings, self.artifacts) for job, _ in admitted]
+        logs.job_id_var.set(",".join(c.job.id for c in ctxs))
+        try:
+            outcomes: list = fn(ctxs, [req for _, req in admitted])
+        except (JobCancelled, SoftTimeLimitExceeded, JobmeshError) as exc:
+            outcomes = [exc] * len(ctxs)
+        except Exception as exc:
+            for ctx in ctxs:
+                self._settle(ctx, exc)
+            log.exception("batch crashed")
+            raise
+        for ctx, outcome in zip(ctxs, outcomes, strict=True):
+            self._settle(ctx, outcome)
+
+    def _admit(self, name: str, job_id: str, envelope: dict) -> JobRecord | None:
+        """Counts the delivery and moves the job to RUNNING; None when it must not run (gone,
+        finished, cancelled, or a poison message given up on)."""
+        store = self.store()
         job = store.get(job_id) if job_id else None
         if job is None:
             log.warning("job record missing (deleted or expired); dropping task",
                         extra={"task": name, "job_id": job_id})
-            return
+            return None
         logs.job_id_var.set(job.id)
         logs.tenant_var.set(job.tenant)
-        deliveries = store.count_delivery(job.id)
         if job.done:
             log.info("late duplicate of a finished job ignored", extra={"state": job.state})
-            return
+            return None
+        deliveries = store.count_delivery(job.id)
         if deliveries > self.settings.max_deliveries:
             self._give_up(job, name, envelope, deliveries)
-            return
+            return None
         if job.state is State.CANCELLING:
             store.transition(job, State.CANCELLED, {"error": _cancelled()})
-            return
+            return None
         if not store.transition(job, State.RUNNING):
             log.info("job not startable", extra={"state": str(store.state(job.id))})
-            return
+            return None
         if deliveries == 1:
             metrics.QUEUE_DURATION.labels(queue=job.queue).observe(time.time() - job.create_time)
-        ctx = JobContext(job, store, self.settings, self.artifacts)
-        try:
-            result = fn(ctx, envelope.get("request", {}))
-        except JobCancelled:
+        return job
+
+    def _settle(self, ctx: JobContext, outcome: dict | BaseException) -> None:
+        """Records how a job ended; a refused transition means a cancel or a duplicate got
+        there first, and there is nothing to undo."""
+        store, job = self.store(), ctx.job
+        if isinstance(outcome, JobCancelled) or (isinstance(outcome, dict) and ctx._stop):
             store.transition(job, State.CANCELLED, {"error": _cancelled()})
-            log.info("job cancelled at a batch boundary")
-            return
-        except SoftTimeLimitExceeded:
+        elif isinstance(outcome, SoftTimeLimitExceeded):
             err = DeadlineExceeded(f"task exceeded its {self.settings.task_time_limit_s}s limit")
             store.transition(job, State.FAILED, {"error": err.to_dict()})
-            return
-        except JobmeshError as exc:
-            store.transition(job, State.FAILED, {"error": exc.to_dict()})
-            log.info("job failed", extra={"reason": exc.reason, "error": exc.message})
-            return
-        except Exception as exc:
-            err = Internal(f"worker error: {exc.__class__.__name__}")
+        elif isinstance(outcome, JobmeshError):
+            store.transition(job, State.FAILED, {"error": outcome.to_dict()})
+            log.info("job failed", extra={"reason": outcome.reason, "error": outcome.message})
+        elif isinstance(outcome, BaseException):
+            err = Internal(f"worker error: {outcome.__class__.__name__}")
             store.transition(job, State.FAILED, {"error": err.to_dict()})
-            log.exception("job crashed")
-            raise
-        finished = store.transition(job, State.SUCCEEDED, {
-            "result": result or {}, "artifacts": [a.to_dict() for a in ctx.produced]})
-        if not finished:  # cancelled or already finished by a duplicate: nothing to undo
+        elif not store.transition(job, State.SUCCEEDED, {
+                "result": outcome or {}, "artifacts": [a.to_dict() for a in ctx.produced]}):
             log.info("result not recorded", extra={"state": str(store.state(job.id))})
 
     def _give_up(self, job: JobRecord, name: str, envelope: dict, deliveries: int) -> None:

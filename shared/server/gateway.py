@@ -24,6 +24,7 @@ from shared import metrics
 from shared.auth import KeyRing
 from shared.config import Settings
 from shared.jobs.celery_app import make_celery
+from shared.jobs.coalescer import Coalescer
 from shared.jobs.dispatcher import JobDispatcher
 from shared.jobs.records import ARTIFACT_EXPIRY_KEY
 from shared.jobs.store import JobStore
@@ -47,6 +48,7 @@ class Gateway:
     dispatcher: JobDispatcher
     artifacts: ArtifactStore
     registry: ModelRegistry
+    coalescer: Coalescer | None = None
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     queue_services: list[str] = field(default_factory=list)  # NOT_SERVING without consumers
     _tasks: list[asyncio.Task] = field(default_factory=list)
@@ -63,8 +65,10 @@ class Gateway:
         dispatcher = JobDispatcher(celery, store, devices=settings.queue_devices(),
                                    consumer_ttl_s=settings.consumer_ttl_s)
         artifacts = ArtifactStore.from_settings(settings)
+        coalescer = Coalescer(dispatcher, max_batch=settings.coalesce_max_batch,
+                              max_delay_s=settings.coalesce_delay_ms / 1000)
         return cls(domain, settings, keyring, client, store, dispatcher, artifacts,
-                   ModelRegistry(artifacts, settings.models_bucket))
+                   ModelRegistry(artifacts, settings.models_bucket), coalescer)
 
     def create_server(self, address: str) -> tuple[grpc.aio.Server, int]:
         """Builds the server with interceptors, size limits, JobService, ModelService, health

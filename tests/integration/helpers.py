@@ -48,9 +48,7 @@ def details(err: grpc.RpcError) -> dict:
     return out
 
 
-def submit_diag(env: dict, task: str, request: dict, tenant: str = "tenant-a",
-                request_id: str = "") -> str:
-    """Queues a diagnostic job the way a gateway would (JobStore + Celery by name)."""
+def _with_dispatcher(env: dict, use):
     import redis.asyncio as aioredis
 
     from shared.config import Settings
@@ -60,18 +58,40 @@ def submit_diag(env: dict, task: str, request: dict, tenant: str = "tenant-a",
 
     settings = Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in env.items()})
 
-    async def go() -> str:
+    async def go():
         client = aioredis.Redis.from_url(settings.redis_url)
         try:
             store = JobStore(client, settings.retention_s)
-            disp = JobDispatcher(make_celery("test-dispatch", settings), store)
-            job, _ = await disp.submit(tenant=tenant, domain="ocr", task=task, request=request,
-                                       request_id=request_id)
-            return job.id
+            return await use(JobDispatcher(make_celery("test-dispatch", settings), store))
         finally:
             await client.aclose()
 
     return asyncio.run(go())
+
+
+def submit_diag(env: dict, task: str, request: dict, tenant: str = "tenant-a",
+                request_id: str = "") -> str:
+    """Queues a diagnostic job the way a gateway would (JobStore + Celery by name)."""
+
+    async def use(disp) -> str:
+        job, _ = await disp.submit(tenant=tenant, domain="ocr", task=task, request=request,
+                                   request_id=request_id)
+        return job.id
+
+    return _with_dispatcher(env, use)
+
+
+def submit_diag_batch(env: dict, requests: list[dict], max_delay_s: float = 0.2) -> list[str]:
+    """Queues several diagnostic jobs as ONE message, through the gateway's coalescer."""
+    from shared.jobs.coalescer import Coalescer
+
+    async def use(disp) -> list[str]:
+        co = Coalescer(disp, max_batch=len(requests), max_delay_s=max_delay_s)
+        jobs = [await co.submit(tenant="tenant-a", domain="ocr", task="jobmesh.diag.v1.batch",
+                                request=r) for r in requests]
+        return [j.id for j in jobs]
+
+    return _with_dispatcher(env, use)
 
 
 def job_state(env: dict, job_id: str) -> str:

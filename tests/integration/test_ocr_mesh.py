@@ -289,3 +289,30 @@ def test_very_long_line_end_to_end(ocr):
         image=image, options=pb.RecognizeOptions(disable_long_lines=True)),
         metadata=auth(), timeout=120)
     assert off.text != text
+
+
+def test_coalesced_requests_get_their_own_results_and_errors(ocr):
+    """Concurrent sync calls of different sizes share worker batches (the gateway coalesces
+    them); each gets its own text, and an image that only fails to decode in the worker (a
+    truncated PNG with a valid header) fails alone."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = ["Short", "A somewhat longer line of text", "Three lines\nof text\nhere",
+             "Invoice 42", "The quick brown fox jumps over the lazy dog", "OK then"]
+    images = [render(t.split("\n")) for t in texts]
+    truncated = images[1][: len(images[1]) // 2]
+
+    def call(image):
+        try:
+            return ocr.Recognize(pb.RecognizeRequest(image=image), metadata=auth(),
+                                 timeout=60).text
+        except grpc.RpcError as e:
+            return e
+
+    for _ in range(2):  # twice: the second round runs on warm batches
+        with ThreadPoolExecutor(len(images) + 1) as pool:
+            got = list(pool.map(call, [*images, truncated]))
+        assert got[:-1] == texts
+        assert isinstance(got[-1], grpc.RpcError)
+        assert got[-1].code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert details(got[-1])["violations"][0][0] == "image"

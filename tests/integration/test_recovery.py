@@ -16,7 +16,13 @@ from jobmesh.ocr.v1 import ocr_service_pb2 as pb
 from jobmesh.ocr.v1 import ocr_service_pb2_grpc
 
 from tests.conftest import auth
-from tests.integration.helpers import details, render, submit_diag, wait_state
+from tests.integration.helpers import (
+    details,
+    render,
+    submit_diag,
+    submit_diag_batch,
+    wait_state,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -96,6 +102,20 @@ def test_poison_message_fails_with_worker_lost_and_is_dead_lettered(worker, jobs
     assert worker.procs["worker-ocr"].poll() is None
     done = submit_diag(env, "jobmesh.diag.v1.noop", {"echo": "after poison"})
     assert wait_state(env, done, {"SUCCEEDED"}, 30) == "SUCCEEDED"
+
+
+def test_poison_input_in_a_coalesced_batch_fails_only_its_own_job(worker, jobs):
+    env = worker.env
+    ids = submit_diag_batch(env, [{"echo": "a"}, {"crash": True}, {"echo": "c"}])
+    for job_id in ids:
+        wait_state(env, job_id, {"SUCCEEDED", "FAILED"}, 90)
+    ok_a, poison, ok_c = (_get(jobs, i) for i in ids)
+    assert poison.state == job_pb2.JOB_STATE_FAILED and poison.error.reason == "WORKER_LOST"
+    for ok in (ok_a, ok_c):
+        # After the batch killed its worker, its jobs ran one by one.
+        assert ok.state == job_pb2.JOB_STATE_SUCCEEDED, ok.error
+        assert ok.delivery_count == 2
+    assert worker.procs["worker-ocr"].poll() is None
 
 
 def test_no_worker_fails_fast_with_unavailable(worker, channel):

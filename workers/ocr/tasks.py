@@ -13,7 +13,7 @@ from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from shared.config import Settings
-from shared.errors import InvalidArgument
+from shared.errors import InvalidArgument, JobmeshError
 from shared.jobs.celery_app import make_celery
 from shared.jobs.worker_kit import JobCancelled, JobContext, WorkerKit
 from shared.models.registry import ModelRegistry
@@ -109,8 +109,8 @@ def _input_bytes(ctx: JobContext, request: dict) -> bytes:
     raise InvalidArgument.for_field("image", "is required (or image_ref)")
 
 
-@kit.task("jobmesh.ocr.v1.recognize")
-def recognize(ctx: JobContext, request: dict) -> dict:
+def _prepare(ctx: JobContext, request: dict) -> tuple[object, OcrOptions]:
+    """(RGB image, options) for one request; raises InvalidArgument naming the field."""
     data = _input_bytes(ctx, request)
     field = "image_ref" if "image_ref" in request else "image"
     try:
@@ -118,24 +118,59 @@ def recognize(ctx: JobContext, request: dict) -> dict:
     except ImageDecodeError as exc:
         raise InvalidArgument.for_field(field, str(exc), reason=exc.reason) from exc
     opts = request.get("options", {})
-    options = OcrOptions(min_confidence=float(opts.get("min_confidence", 0.5)),
-                         classify_angle=bool(opts.get("classify_angle", False)),
-                         rec_batch_size=ocr_settings.rec_batch_size,
-                         long_lines=bool(opts.get("long_lines", True)))
+    return image, OcrOptions(min_confidence=float(opts.get("min_confidence", 0.5)),
+                             classify_angle=bool(opts.get("classify_angle", False)),
+                             rec_batch_size=ocr_settings.rec_batch_size,
+                             long_lines=bool(opts.get("long_lines", True)))
+
+
+def recognize_many(ctxs: list[JobContext], requests: list[dict]) -> list:
+    """One result dict or error per request. Inputs that fail to load fail alone; the rest
+    run as one pipeline call, so all their crops share recognizer batches."""
+    outcomes: list = [None] * len(ctxs)
+    ready: list[int] = []
+    images, options = [], []
+    for n, (ctx, request) in enumerate(zip(ctxs, requests, strict=True)):
+        try:
+            image, opts = _prepare(ctx, request)
+        except JobmeshError as exc:
+            outcomes[n] = exc
+            continue
+        ready.append(n)
+        images.append(image)
+        options.append(opts)
+        ctx.progress(0, 1, "recognizing")
+    if not ready:
+        return outcomes
     m = models()
-    pipe = _pipeline(m, options.classify_angle)
-    ctx.progress(0, 1, "recognizing")
+    pipe = _pipeline(m, any(o.classify_angle for o in options))
+    live = [ctxs[n] for n in ready]
     try:
-        [result] = pipe.recognize_images([image], [options], should_stop=ctx.should_stop)
+        results = pipe.recognize_images(
+            images, options, should_stop=lambda: all(c.should_stop() for c in live))
     except PipelineCancelled as exc:
         raise JobCancelled() from exc
-    out = result.to_dict()
-    out["text"] = text_of(out["lines"])
-    out["model_versions"] = m.versions()
-    if request.get("store_result"):
-        ctx.put_artifact("result.json", json.dumps(out).encode(), "application/json")
-    ctx.progress(1, 1, "done")
-    return out
+    for n, result in zip(ready, results, strict=True):
+        out = result.to_dict()
+        out["text"] = text_of(out["lines"])
+        out["model_versions"] = m.versions()
+        if requests[n].get("store_result"):
+            ctxs[n].put_artifact("result.json", json.dumps(out).encode(), "application/json")
+        ctxs[n].progress(1, 1, "done")
+        outcomes[n] = out
+    return outcomes
+
+
+@kit.task("jobmesh.ocr.v1.recognize")
+def recognize(ctx: JobContext, request: dict) -> dict:
+    [outcome] = recognize_many([ctx], [request])
+    if isinstance(outcome, BaseException):
+        raise outcome
+    return outcome
+
+
+# Sync requests coalesced by the gateway arrive here, several jobs per message.
+kit.batch_task("jobmesh.ocr.v1.recognize_batch")(recognize_many)
 
 
 if settings.diagnostics:
