@@ -48,7 +48,9 @@ class Settings(BaseSettings):
     metrics_port: int = Field(default=-1, ge=-1, le=65535)  # -1 = domain default, 0 = off
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
-    max_image_pixels: int = Field(default=40_000_000, ge=64)
+    max_image_pixels: int = Field(default=40_000_000, ge=64)  # per image or document page
+    max_pages: int = Field(default=200, ge=1, le=10_000)  # per document
+    pdf_dpi: int = Field(default=150, ge=50, le=600)  # PDF pages are rendered at this
     sync_timeout_s: float = Field(default=60.0, gt=0)  # cap when the client sets no deadline
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     readiness_poll_s: float = Field(default=1.0, gt=0)

@@ -71,6 +71,7 @@ def _stack_env(root, url):
         "JOBMESH_CONSUMER_TTL_S": "3",
         "JOBMESH_READINESS_POLL_S": "0.5",
         "JOBMESH_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024),
+        "JOBMESH_MAX_PAGES": "5",
         "JOBMESH_LOG_JSON": "1",
     }
     yield root, env

@@ -52,19 +52,29 @@ def worker_request(image: bytes | None, ref: ArtifactRef | None, options: dict,
     return req
 
 
+def _line(line: dict) -> pb.TextLine:
+    return pb.TextLine(text=line["text"], confidence=line["confidence"],
+                       box=[pb.Point(x=x, y=y) for x, y in line["box"]],
+                       path=_PATHS.get(line.get("path", ""), pb.RECOGNITION_PATH_UNSPECIFIED),
+                       windows=int(line.get("windows", 1)),
+                       tiled_detection=bool(line.get("tiled", False)),
+                       page=int(line.get("page", 1)))
+
+
 def response_from_result(result: dict) -> pb.RecognizeResponse:
-    lines = [
-        pb.TextLine(text=line["text"], confidence=line["confidence"],
-                    box=[pb.Point(x=x, y=y) for x, y in line["box"]],
-                    path=_PATHS.get(line.get("path", ""), pb.RECOGNITION_PATH_UNSPECIFIED),
-                    windows=int(line.get("windows", 1)),
-                    tiled_detection=bool(line.get("tiled", False)))
-        for line in result.get("lines", [])
+    pages = [
+        pb.Page(page_number=int(p["page"]), width=int(p["width"]), height=int(p["height"]),
+                lines=[_line(ln) for ln in p["lines"]],
+                paragraphs=[pb.Paragraph(text=q["text"], line_indices=q["lines"])
+                            for q in p.get("paragraphs", [])],
+                text=p.get("text", ""))
+        for p in result.get("pages", [])
     ]
+    lines = [_line(line) for line in result.get("lines", [])]
     return pb.RecognizeResponse(
         lines=lines, text=result.get("text", "\n".join(line.text for line in lines)),
         image_width=int(result.get("width", 0)), image_height=int(result.get("height", 0)),
-        model_versions=result.get("model_versions", []))
+        model_versions=result.get("model_versions", []), pages=pages)
 
 
 def upload_response(ref: ArtifactRef, url: str, expire_epoch: float) -> pb.CreateUploadResponse:

@@ -11,7 +11,7 @@ from jobmesh.ocr.v1 import ocr_service_pb2 as pb
 from jobmesh.ocr.v1 import ocr_service_pb2_grpc
 
 from services.ocr import convert
-from services.ocr.images import inspect_image
+from services.ocr.images import inspect_input
 from shared.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound, from_dict
 from shared.jobs.convert import job_to_pb, register_result
 from shared.jobs.records import ARTIFACT_EXPIRY_KEY, JobRecord, State
@@ -48,7 +48,8 @@ class OcrServicer(ocr_service_pb2_grpc.OcrServiceServicer):
         options = convert.options_to_dict(request.options)
         kind, source = convert.source_of(request)
         if kind == "image":
-            inspect_image(source, self.settings.max_image_pixels, "image")
+            inspect_input(source, self.settings.max_image_pixels, self.settings.max_pages,
+                          "image", self.settings.pdf_dpi)
             return convert.worker_request(source, None, options, store_result)
         ref = await self._checked_ref(source, tenant, "image_ref")
         return convert.worker_request(None, ref, options, store_result)

@@ -151,8 +151,10 @@ def test_async_job_result_artifact_watch_and_wait(ocr, jobs):
     resp = pb.RecognizeResponse()
     assert done.result.response.Unpack(resp)
     assert resp.text == "Async job works"
-    [artifact] = done.result.artifacts
-    assert artifact.key.endswith("/result.json") and artifact.key.startswith("tenants/tenant-a/")
+    names = {a.key.rsplit("/", 1)[-1]: a for a in done.result.artifacts}
+    assert set(names) == {"result.json", "searchable.json", "text.txt"}
+    assert all(a.key.startswith("tenants/tenant-a/") and len(a.sha256) == 64
+               for a in names.values())
 
 
 def test_other_tenants_job_is_not_found(ocr, jobs):

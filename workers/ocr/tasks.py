@@ -19,15 +19,15 @@ from shared.jobs.worker_kit import JobCancelled, JobContext, WorkerKit
 from shared.models.registry import ModelRegistry
 from shared.models.serving import ServedModels
 from shared.storage.artifacts import ArtifactRef, ArtifactStore
-from workers.ocr.layout import text_of
+from workers.ocr.documents import DocumentLimits, count_pages, iter_pages
 from workers.ocr.longline import LongLineConfig
 from workers.ocr.pipeline import (
     ImageDecodeError,
     OcrOptions,
     OcrPipeline,
     PipelineCancelled,
-    decode_image,
 )
+from workers.ocr.results import document_result, page_result, searchable_text
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +64,7 @@ class OcrSettings(BaseSettings):
 settings = Settings()
 ocr_settings = OcrSettings()
 _LONG_LINES = ocr_settings.long_lines()  # validated at import: a bad value stops the worker
+_DOC_LIMITS = DocumentLimits(settings.max_pages, settings.max_image_pixels, settings.pdf_dpi)
 app = make_celery("jobmesh-ocr-worker", settings)
 kit = WorkerKit(app, "ocr", settings)
 _models: ServedModels | None = None
@@ -109,56 +110,92 @@ def _input_bytes(ctx: JobContext, request: dict) -> bytes:
     raise InvalidArgument.for_field("image", "is required (or image_ref)")
 
 
-def _prepare(ctx: JobContext, request: dict) -> tuple[object, OcrOptions]:
-    """(RGB image, options) for one request; raises InvalidArgument naming the field."""
-    data = _input_bytes(ctx, request)
+def _options(request: dict) -> OcrOptions:
+    opts = request.get("options", {})
+    return OcrOptions(min_confidence=float(opts.get("min_confidence", 0.5)),
+                      classify_angle=bool(opts.get("classify_angle", False)),
+                      rec_batch_size=ocr_settings.rec_batch_size,
+                      long_lines=bool(opts.get("long_lines", True)))
+
+
+def _open(ctx: JobContext, request: dict) -> tuple[int, object]:
+    """(page count, page iterator) for a request; raises InvalidArgument naming the field."""
     field = "image_ref" if "image_ref" in request else "image"
     try:
-        image = decode_image(data, settings.max_image_pixels)
+        data = _input_bytes(ctx, request)
+        return count_pages(data), iter_pages(data, _DOC_LIMITS)
     except ImageDecodeError as exc:
         raise InvalidArgument.for_field(field, str(exc), reason=exc.reason) from exc
-    opts = request.get("options", {})
-    return image, OcrOptions(min_confidence=float(opts.get("min_confidence", 0.5)),
-                             classify_angle=bool(opts.get("classify_angle", False)),
-                             rec_batch_size=ocr_settings.rec_batch_size,
-                             long_lines=bool(opts.get("long_lines", True)))
+
+
+def _first_page(pages, field: str):
+    try:
+        return next(pages)
+    except ImageDecodeError as exc:
+        raise InvalidArgument.for_field(field, str(exc), reason=exc.reason) from exc
 
 
 def recognize_many(ctxs: list[JobContext], requests: list[dict]) -> list:
-    """One result dict or error per request. Inputs that fail to load fail alone; the rest
-    run as one pipeline call, so all their crops share recognizer batches."""
+    """One result dict or error per request. Inputs that fail to load fail alone. Single-page
+    inputs run as one pipeline call, so all their crops share recognizer batches; documents
+    then run page by page, reporting pages done / total as progress."""
     outcomes: list = [None] * len(ctxs)
-    ready: list[int] = []
-    images, options = [], []
+    single: list[tuple[int, object, OcrOptions]] = []
+    documents: list[tuple[int, int, object, OcrOptions]] = []
     for n, (ctx, request) in enumerate(zip(ctxs, requests, strict=True)):
+        field = "image_ref" if "image_ref" in request else "image"
         try:
-            image, opts = _prepare(ctx, request)
+            count, pages = _open(ctx, request)
+            if count == 1:
+                single.append((n, _first_page(pages, field), _options(request)))
+            else:
+                documents.append((n, count, pages, _options(request)))
         except JobmeshError as exc:
             outcomes[n] = exc
             continue
-        ready.append(n)
-        images.append(image)
-        options.append(opts)
-        ctx.progress(0, 1, "recognizing")
-    if not ready:
-        return outcomes
+        ctx.progress(0, count, "recognizing")
     m = models()
-    pipe = _pipeline(m, any(o.classify_angle for o in options))
-    live = [ctxs[n] for n in ready]
+    if single:
+        live = [ctxs[n] for n, _, _ in single]
+        pipe = _pipeline(m, any(o.classify_angle for _, _, o in single))
+        results = _run(pipe, [img for _, img, _ in single], [o for _, _, o in single],
+                       lambda: all(c.should_stop() for c in live))
+        for (n, _, _), result in zip(single, results, strict=True):
+            outcomes[n] = _finish(ctxs[n], requests[n], [page_result(result, 1)], m)
+    for n, count, pages, opts in documents:
+        ctx, done = ctxs[n], []
+        pipe = _pipeline(m, opts.classify_angle)
+        try:
+            for number, page in enumerate(pages, start=1):
+                [result] = _run(pipe, [page], [opts], ctx.should_stop)
+                done.append(page_result(result, number))
+                ctx.progress(number, count, f"page {number} of {count}")
+        except ImageDecodeError as exc:
+            field = "image_ref" if "image_ref" in requests[n] else "image"
+            outcomes[n] = InvalidArgument.for_field(field, str(exc), reason=exc.reason)
+            continue
+        except JobCancelled as exc:
+            outcomes[n] = exc
+            continue
+        outcomes[n] = _finish(ctx, requests[n], done, m)
+    return outcomes
+
+
+def _run(pipe: OcrPipeline, images, options, should_stop):
     try:
-        results = pipe.recognize_images(
-            images, options, should_stop=lambda: all(c.should_stop() for c in live))
+        return pipe.recognize_images(images, options, should_stop=should_stop)
     except PipelineCancelled as exc:
         raise JobCancelled() from exc
-    for n, result in zip(ready, results, strict=True):
-        out = result.to_dict()
-        out["text"] = text_of(out["lines"])
-        out["model_versions"] = m.versions()
-        if requests[n].get("store_result"):
-            ctxs[n].put_artifact("result.json", json.dumps(out).encode(), "application/json")
-        ctxs[n].progress(1, 1, "done")
-        outcomes[n] = out
-    return outcomes
+
+
+def _finish(ctx: JobContext, request: dict, pages: list[dict], m: ServedModels) -> dict:
+    out = document_result(pages, m.versions())
+    if request.get("store_result"):
+        ctx.put_artifact("result.json", json.dumps(out).encode(), "application/json")
+        ctx.put_artifact("searchable.json", searchable_text(out), "application/json")
+        ctx.put_artifact("text.txt", out["text"].encode(), "text/plain; charset=utf-8")
+    ctx.progress(len(pages), len(pages), "done")
+    return out
 
 
 @kit.task("jobmesh.ocr.v1.recognize")
