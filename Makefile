@@ -58,7 +58,15 @@ models: $(STAMP) proto  ## import the PP-OCR models into the registry at JOBMESH
 	$(PYTHON) -m shared.models.importer
 
 bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
+	@command -v tesseract >/dev/null || { apt-get install -y -q tesseract-ocr tesseract-ocr-eng \
+	  >/dev/null || { apt-get update -q >/dev/null && \
+	  apt-get install -y -q tesseract-ocr tesseract-ocr-eng >/dev/null; }; } || \
+	  echo "tesseract not installed (needs root): the OCR evaluation will skip it"
+	@$(PYTHON) -c "import pytesseract, skimage" 2>/dev/null || \
+	  $(PYTHON) -m pip install -q pytesseract scikit-image || \
+	  echo "pytesseract/scikit-image not installed: the OCR evaluation skips what needs them"
 	$(PYTHON) -m bench.run
+	$(PYTHON) -m bench.run --eval
 
 compose-config: $(STAMP)  ## validate docker-compose.yml offline
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit/test_compose.py

@@ -314,7 +314,7 @@ def skimage_page() -> EvalImage | None:
         size = im.size
     return EvalImage("skimage-page", "scan", png, SKIMAGE_PAGE_TRUTH, size,
                      {"source": "scikit-image skimage/data/page.png",
-                      "truth": "transcribed by hand; the half-cut bottom row is left out",
+                      "truth_source": "transcribed by hand; the half-cut bottom row is left out",
                       "lines": SKIMAGE_PAGE_TRUTH.count("\n") + 1,
                       "chars": len(SKIMAGE_PAGE_TRUTH)})
 

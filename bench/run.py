@@ -1,7 +1,11 @@
-"""`python -m bench.run` (what `make bench` calls): OCR through the mesh vs rapidocr in-process,
-and the mesh's dispatch overhead, side by side in one run. Prints a markdown table and writes
-`bench/results/ocr.md` and `bench/results/ocr.json`. See bench/README.md for what each figure
-means."""
+"""`python -m bench.run` (what `make bench` calls first): OCR through the mesh vs rapidocr
+in-process, and the mesh's dispatch overhead, side by side in one run. Prints a markdown table and
+writes `bench/results/ocr.md` and `bench/results/ocr.json`.
+
+`python -m bench.run --eval [options]` (what `make bench` calls second) runs the OCR evaluation
+instead (`bench/ocr_eval.py`: CER and throughput of jobmesh vs rapidocr by hand and Tesseract;
+`bench/results/ocr_eval.md` / `.json`); `--eval --help` lists its options. See bench/README.md
+for what each figure means."""
 
 from __future__ import annotations
 
@@ -76,6 +80,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="gRPC-only baseline calls (GetJob and health Check each)")
     g.add_argument("--skip-dispatch", action="store_true", help="no dispatch figures")
     g = p.add_argument_group("run")
+    g.add_argument("--eval", action="store_true",
+                   help="run the OCR evaluation (bench/ocr_eval.py) instead; the options after "
+                        "it are the evaluation's (`--eval --help` lists them)")
     g.add_argument("--quick", action="store_true",
                    help="smoke run: a few requests of each kind (figures are not meaningful)")
     g.add_argument("--redis-url", default="redis://127.0.0.1:6379/7",
@@ -428,6 +435,13 @@ def _dispatch_table(d: dict) -> list[str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    raw = sys.argv[1:] if argv is None else list(argv)
+    if "--eval" in raw:
+        from bench import ocr_eval
+
+        rest = [a for a in raw if a != "--eval"]
+        return ocr_eval.main(rest, command="python -m bench.run " + shlex.join(raw),
+                             prog="python -m bench.run --eval")
     args = parse_args(argv)
     command = "python -m bench.run" + ("" if argv is None and len(sys.argv) <= 1 else
                                        " " + shlex.join(sys.argv[1:] if argv is None else argv))

@@ -12,10 +12,11 @@ from jobmesh.ocr.v1 import ocr_service_pb2_grpc
 
 from services.ocr import convert
 from services.ocr.images import inspect_input
-from shared.errors import Cancelled, DeadlineExceeded, InvalidArgument, NotFound, from_dict
+from shared.errors import InvalidArgument, NotFound
 from shared.jobs.convert import job_to_pb, register_result
-from shared.jobs.records import ARTIFACT_EXPIRY_KEY, JobRecord, State
+from shared.jobs.records import ARTIFACT_EXPIRY_KEY, JobRecord
 from shared.server.interceptors import current_principal
+from shared.server.sync_call import call_sync
 from shared.storage.artifacts import ArtifactRef, owned_by, tenant_key
 
 DOMAIN = "ocr"
@@ -57,32 +58,10 @@ class OcrServicer(ocr_service_pb2_grpc.OcrServiceServicer):
     async def Recognize(self, request, context):
         p = current_principal()
         req = await self._worker_request(request, p.tenant, store_result=False)
-        await self.gw.dispatcher.require_consumers(DOMAIN)
-        if self.gw.coalescer is not None and self.gw.coalescer.enabled:
-            job = await self.gw.coalescer.submit(tenant=p.tenant, domain=DOMAIN,
-                                                 task=convert.RECOGNIZE_BATCH_TASK, request=req)
-        else:
-            job, _ = await self.gw.dispatcher.submit(tenant=p.tenant, domain=DOMAIN,
-                                                     task=convert.RECOGNIZE_TASK, request=req)
-        remaining = context.time_remaining()
-        budget = self.settings.sync_timeout_s if remaining is None else \
-            min(self.settings.sync_timeout_s, max(0.0, remaining - 0.05))
-        try:
-            done = await self.gw.store.wait(job.id, p.tenant, time.monotonic() + budget)
-        except asyncio.CancelledError:
-            await self.gw.store.cancel(job.id, p.tenant)  # the client went away: stop the work
-            raise
-        return self._sync_result(done)
-
-    def _sync_result(self, job: JobRecord) -> pb.RecognizeResponse:
-        if not job.done:
-            raise DeadlineExceeded(f"job {job.id} did not finish in time; it keeps running "
-                                   f"as {job.name}", metadata={"job": job.name})
-        if job.state is State.SUCCEEDED:
-            return convert.response_from_result(job.result or {})
-        if job.state is State.CANCELLED:
-            raise Cancelled(f"job {job.id} was cancelled")
-        raise from_dict(job.error or {"message": "job failed"})
+        result = await call_sync(self.gw, context, tenant=p.tenant, domain=DOMAIN,
+                                 task=convert.RECOGNIZE_TASK,
+                                 batch_task=convert.RECOGNIZE_BATCH_TASK, request=req)
+        return convert.response_from_result(result)
 
     async def SubmitRecognize(self, request, context):
         p = current_principal()

@@ -71,6 +71,8 @@ def consumers_key(queue: str) -> str:
 
 
 ARTIFACT_EXPIRY_KEY = f"{PREFIX}:artifacts:expiry"
+# Events kept per job: token deltas of a long generation must outlive a slow reader.
+EVENTS_MAXLEN = 20_000
 
 # KEYS: job hash, events stream, per-domain counts. ARGV: target, allowed sources (comma list),
 # now (epoch s), JSON object of extra fields to set. Returns {1|0, previous state}.
@@ -85,7 +87,7 @@ tr[#tr + 1] = {ARGV[1], tonumber(ARGV[3])}
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'update_time', ARGV[3],
            'transitions', cjson.encode(tr))
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) end
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'type', 'state', 'state', ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 20000, '*', 'type', 'state', 'state', ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
 redis.call('HINCRBY', KEYS[3], cur, -1)
@@ -100,7 +102,7 @@ local cur = redis.call('HGET', KEYS[1], 'state')
 if cur ~= 'RUNNING' and cur ~= 'CANCELLING' then return 0 end
 redis.call('HSET', KEYS[1], 'progress_done', ARGV[1], 'progress_total', ARGV[2],
            'progress_message', ARGV[3], 'update_time', ARGV[4])
-redis.call('XADD', KEYS[2], 'MAXLEN', '~', 1000, '*', 'type', 'progress')
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 20000, '*', 'type', 'progress')
 return 1
 """
 

@@ -141,13 +141,20 @@ class JobStore:
         return r._s(last[0][0]) if last else "0-0"
 
     async def events(self, job_id: str, after: str, block_ms: int) -> tuple[str, list[str]]:
-        """Event types after stream id `after`, waiting up to block_ms; returns (new id, types)."""
-        res = await self.redis.xread({r.events_key(job_id): after}, block=block_ms, count=100)
+        """Event types after stream id `after`, waiting up to block_ms; returns (new id, types).
+        Token deltas are not job events here (see `entries`)."""
+        after, entries = await self.entries(job_id, after, block_ms)
+        return after, [e["type"] for e in entries if e.get("type") != "delta"]
+
+    async def entries(self, job_id: str, after: str, block_ms: int) -> tuple[str, list[dict]]:
+        """Raw stream entries (`type` = state | progress | delta, plus their fields) after
+        stream id `after`, waiting up to block_ms; returns (new id, entries)."""
+        res = await self.redis.xread({r.events_key(job_id): after}, block=block_ms, count=500)
         if not res:
             return after, []
         entries = res[0][1]
-        types = [r._s(fields.get(b"type", fields.get("type", b""))) for _, fields in entries]
-        return r._s(entries[-1][0]), types
+        out = [{r._s(k): r._s(v) for k, v in fields.items()} for _, fields in entries]
+        return r._s(entries[-1][0]), out
 
     async def watch(self, job_id: str, tenant: str, deadline: float
                     ) -> AsyncIterator[tuple[str, JobRecord]]:
@@ -161,7 +168,7 @@ class JobStore:
             if remaining <= 0:
                 return
             after, types = await self.events(job_id, after, int(min(remaining, 2.0) * 1000) or 1)
-            if not types:
+            if not types:  # nothing, or only token deltas
                 # No event: re-read anyway so an expired/deleted job ends the stream.
                 job = await self.require(job_id, tenant)
                 continue

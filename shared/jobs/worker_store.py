@@ -41,6 +41,12 @@ class WorkerJobStore:
         self._progress(keys=[r.job_key(job_id), r.events_key(job_id)],
                        args=[done, total, message, repr(r.now())])
 
+    def publish_delta(self, job_id: str, text: str, token_ids: list[int]) -> None:
+        """Streams newly decoded text to whoever watches the job (GenerateStream)."""
+        self.redis.xadd(r.events_key(job_id), {"type": "delta", "text": text,
+                                               "token_ids": json.dumps(token_ids)},
+                        maxlen=r.EVENTS_MAXLEN, approximate=True)
+
     def dead_letter(self, queue: str, job_id: str, task: str, envelope: dict) -> None:
         """Parks the message for an operator; kept as long as job records are."""
         entry = json.dumps({"job_id": job_id, "task": task, "time": time.time(),

@@ -25,7 +25,10 @@ from shared.local.stack import REPO_ROOT, LocalStack, port_open, redis_alive
 
 STATE = REPO_ROOT / ".jobmesh"
 PID_FILE = STATE / "local.pid"
-DOMAINS = {"ocr": 50051}
+# domain -> (gateway port, gateway metrics port, worker metrics port)
+DOMAINS = {"ocr": (50051, 9101, 9201), "textgen": (50053, 9103, 9203)}
+# Model preparation per domain: a module run with `python -m` (idempotent, cached).
+PREPARE = {"ocr": ["shared.models.importer"], "textgen": ["workers.textgen.export", "--register"]}
 S3_PORT = int(os.environ.get("JOBMESH_LOCAL_S3_PORT", "9000"))
 FALLBACK_REDIS_PORT = 6390
 
@@ -54,8 +57,8 @@ def _env(stack_redis_url: str, key: str) -> dict[str, str]:
 
 
 def _write_local_env(key: str) -> Path:
-    lines = [f"JOBMESH_ENDPOINT=127.0.0.1:{DOMAINS['ocr']}"]
-    lines += [f"JOBMESH_ENDPOINT_{d.upper()}=127.0.0.1:{p}" for d, p in DOMAINS.items()]
+    lines = [f"JOBMESH_ENDPOINT=127.0.0.1:{DOMAINS['ocr'][0]}"]
+    lines += [f"JOBMESH_ENDPOINT_{d.upper()}=127.0.0.1:{p[0]}" for d, p in DOMAINS.items()]
     lines += [f"JOBMESH_API_KEY={key}"]
     path = STATE / "local.env"
     path.write_text("\n".join(lines) + "\n")
@@ -65,7 +68,7 @@ def _write_local_env(key: str) -> Path:
 
 def run() -> int:
     STATE.mkdir(exist_ok=True)
-    for port in [S3_PORT, *DOMAINS.values()]:
+    for port in [S3_PORT, *(p[0] for p in DOMAINS.values())]:
         if port_open(port):
             print(f"port {port} is busy: is jobmesh already up? (`make down`)", file=sys.stderr)
             return 1
@@ -87,26 +90,30 @@ def run() -> int:
         stack.env = _env(redis_url, key)
         os.environ.update(stack.env)
         stack.start_s3(S3_PORT)
-        print("importing models into the registry ...", flush=True)
-        subprocess.run([sys.executable, "-m", "shared.models.importer"], cwd=REPO_ROOT,
-                       env={**os.environ}, check=True, stdout=subprocess.DEVNULL)
-        for domain, port in DOMAINS.items():
-            stack.start_worker(domain, metrics_port=9201)
-            stack.start_gateway(domain, port, metrics_port=9101)
-            stack.wait_consumers(f"{domain}.cpu", timeout=120)
+        for domain, module in PREPARE.items():
+            print(f"preparing {domain} models (cached after the first run) ...", flush=True)
+            subprocess.run([sys.executable, "-m", *module], cwd=REPO_ROOT,
+                           env={**os.environ}, check=True, stdout=subprocess.DEVNULL)
+        for domain, (port, gw_metrics, worker_metrics) in DOMAINS.items():
+            stack.start_worker(domain, metrics_port=worker_metrics)
+            stack.start_gateway(domain, port, metrics_port=gw_metrics)
+        for domain in DOMAINS:
+            stack.wait_consumers(f"{domain}.cpu", timeout=180)
         env_file = _write_local_env(key)
         print(f"""
 jobmesh is up (logs in {STATE / 'logs'})
-  OCR gateway   127.0.0.1:{DOMAINS['ocr']}
-                (OcrService, JobService, ModelService, health, reflection)
-  metrics       http://127.0.0.1:9101/metrics (gateway), :9201/metrics (worker)
-  S3 (rclone)   http://127.0.0.1:{S3_PORT}   data in {STATE / 's3'}
-  Redis         {redis_url}
-  API key       {key}
-  client env    {env_file}
+  OCR gateway      127.0.0.1:{DOMAINS['ocr'][0]}   (OcrService + JobService, ModelService,
+                                      health, reflection)
+  textgen gateway  127.0.0.1:{DOMAINS['textgen'][0]}   (TextGenerationService + the same)
+  metrics          gateways :9101 :9103, workers :9201 :9203 (/metrics)
+  S3 (rclone)      http://127.0.0.1:{S3_PORT}   data in {STATE / 's3'}
+  Redis            {redis_url}
+  API key          {key}
+  client env       {env_file}
 
 try:  jobmesh ocr recognize some.png
-      grpcurl -H 'authorization: Bearer {key}' -plaintext 127.0.0.1:{DOMAINS['ocr']} list
+      jobmesh textgen generate "Write a haiku about queues" --stream
+      grpcurl -H 'authorization: Bearer {key}' -plaintext 127.0.0.1:{DOMAINS['ocr'][0]} list
 Ctrl-C stops everything.""", flush=True)
         (STATE / "ready").write_text(str(os.getpid()))
         while not stop["now"]:
@@ -141,7 +148,8 @@ def up(timeout: float) -> int:
         if proc.poll() is not None:
             print(f"jobmesh failed to start; see {STATE / 'local.log'}", file=sys.stderr)
             return 1
-        if (STATE / "ready").exists() and check(f"127.0.0.1:{DOMAINS['ocr']}") == "SERVING":
+        if (STATE / "ready").exists() and all(
+                check(f"127.0.0.1:{p[0]}") == "SERVING" for p in DOMAINS.values()):
             print((STATE / "local.log").read_text().rsplit("jobmesh is up", 1)[-1]
                   .split("Ctrl-C")[0].join(["jobmesh is up", "`make down` stops it."]))
             return 0
@@ -171,7 +179,7 @@ def down() -> int:
 def status() -> int:
     from shared.server.healthcheck import check
 
-    for domain, port in DOMAINS.items():
+    for domain, (port, _, _) in DOMAINS.items():
         print(f"{domain:12} 127.0.0.1:{port}  {check(f'127.0.0.1:{port}')}")
     return 0
 

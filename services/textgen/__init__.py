@@ -1,0 +1,1 @@
+"""The text generation gateway (TextGenerationService on port 50053)."""
