@@ -128,3 +128,37 @@ def models_list(client: Client, args: Namespace, out: Output) -> int:
              f"{','.join(v.version for v in m.versions)}" for m in models]
     out.write("\n".join(rows))
     return OK
+
+
+def textgen_generate(client: Client, args: Namespace, out: Output) -> int:
+    prompt = sys.stdin.read() if args.prompt == "-" else args.prompt
+    params = {"max_new_tokens": args.max_new_tokens, "temperature": args.temperature,
+              "top_p": args.top_p, "top_k": args.top_k, "seed": args.seed, "stop": args.stop,
+              "speculation": args.speculation, "timeout_s": args.timeout}
+    source = {"prompt": prompt} if args.raw else {
+        "messages": [{"role": "user", "content": prompt}]}
+    if args.stream:
+        final = None
+        for event in client.textgen_stream(**source, **params):
+            if event.HasField("final"):
+                final = event.final
+            elif args.output == "text":
+                out.stream(event.delta.text)
+        if args.output == "json" and final is not None:
+            out.write(render.json_doc(_generation_json(final)))
+        elif final is not None:
+            out.stream("\n")
+        return OK
+    resp = client.textgen_generate(**source, **params)
+    out.write(render.json_doc(_generation_json(resp)) if args.output == "json" else resp.text)
+    return OK
+
+
+def _generation_json(resp) -> dict:
+    u = resp.usage
+    return {"text": resp.text, "token_ids": list(resp.token_ids),
+            "finish_reason": render.as_dict(resp).get("finish_reason", ""),
+            "usage": {"prompt_tokens": u.prompt_tokens, "completion_tokens": u.completion_tokens,
+                      "forward_passes": u.forward_passes,
+                      "accepted_draft_tokens": u.accepted_draft_tokens},
+            "model_version": resp.model_version}

@@ -126,6 +126,33 @@ def build_parser() -> argparse.ArgumentParser:
                    help="idempotency key for --async (a repeat returns the first job); with "
                         "several files the n-th file uses ID-n")
 
+    tg = areas.add_parser("textgen", help="text generation",
+                          description="Text generation (SmolLM2, lossless speculative "
+                                      "decoding).")
+    verbs = tg.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _command(verbs, "generate", commands.textgen_generate,
+                 "Generate a completion of PROMPT (sent as one user chat message unless --raw). "
+                 "Prints the text; --stream prints it as it is decoded; --output json prints "
+                 "{text, token_ids, usage}.",
+                 'jobmesh textgen generate "Write a haiku about queues" --stream', flags)
+    p.add_argument("prompt", metavar="PROMPT", help="the prompt ('-' reads stdin)")
+    p.add_argument("--raw", action="store_true",
+                   help="send PROMPT as raw model input instead of a chat message")
+    p.add_argument("--max-new-tokens", type=_count, default=0, metavar="N",
+                   help="tokens to generate at most (default: the server's, 128)")
+    p.add_argument("--temperature", type=float, default=0.0, metavar="T",
+                   help="0 = greedy (default)")
+    p.add_argument("--top-p", type=float, default=0.0, metavar="P")
+    p.add_argument("--top-k", type=_count, default=0, metavar="K")
+    p.add_argument("--seed", type=int, default=None, metavar="S")
+    p.add_argument("--stop", action="append", default=[], metavar="TEXT",
+                   help="stop before this text (repeatable)")
+    p.add_argument("--speculation", default="auto",
+                   choices=["off", "token_recycling", "prompt_lookup", "auto"],
+                   help="draft tokens to verify per step; lossless at temperature 0 "
+                        "(default auto)")
+    p.add_argument("--stream", action="store_true", help="print tokens as they are decoded")
+
     jobs = areas.add_parser("jobs", help="inspect and control jobs",
                             description="Jobs of every domain (only the caller's own).")
     verbs = jobs.add_subparsers(dest="verb", metavar="VERB", required=True)

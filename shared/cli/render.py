@@ -103,16 +103,20 @@ class Output:
 
     def write(self, text: str) -> None:
         """Writes `text` and a newline."""
+        self.stream(text + "\n")
+
+    def stream(self, text: str) -> None:
+        """Writes `text` as is (token deltas), flushed at once on a terminal or pipe."""
         self.written = True
         if self.path is None:
-            sys.stdout.write(text + "\n")
+            sys.stdout.write(text)
             sys.stdout.flush()
             return
         if self._tmp is None:
             fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.",
                                         dir=self.path.parent.resolve())
             self._tmp = (os.fdopen(fd, "w", encoding="utf-8"), name)
-        self._tmp[0].write(text + "\n")
+        self._tmp[0].write(text)
 
     def close(self) -> None:
         if self._tmp is None:

@@ -16,6 +16,8 @@ from google.protobuf import descriptor_pool, message, message_factory
 from jobmesh.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
 from jobmesh.models.v1 import model_service_pb2, model_service_pb2_grpc
 from jobmesh.ocr.v1 import ocr_service_pb2, ocr_service_pb2_grpc
+from jobmesh.textgen.v1 import textgen_service_pb2 as textgen_pb
+from jobmesh.textgen.v1 import textgen_service_pb2_grpc
 
 from shared.client.channel import TrackedChannel
 from shared.client.errors import JobmeshClientError
@@ -90,6 +92,42 @@ class Client:
         try:
             return fn(request, metadata=self._metadata,
                       timeout=self.timeout_s if timeout_s is None else timeout_s)
+        except grpc.RpcError as err:
+            raise JobmeshClientError.from_rpc_error(
+                err, endpoint=ch.target, connected=ch.ever_connected) from None
+
+    # Text generation
+
+    @staticmethod
+    def _generation(prompt: str | None, messages: list[dict] | None, params: dict,
+                    cls=textgen_pb.GenerateRequest):
+        """A Generate(Stream)Request from a prompt or chat messages and parameter keywords
+        (max_new_tokens, temperature, top_p, top_k, seed, stop, speculation)."""
+        req = cls(parameters=_params(**params))
+        if messages is not None:
+            req.conversation.messages.extend(textgen_pb.ChatMessage(**m) for m in messages)
+        else:
+            req.prompt = prompt or ""
+        return req
+
+    def textgen_generate(self, prompt: str | None = None, *, messages: list[dict] | None = None,
+                         timeout_s: float | None = None, **params
+                         ) -> textgen_pb.GenerateResponse:
+        """Generates a completion (waits for it)."""
+        return self._call("textgen", textgen_service_pb2_grpc.TextGenerationServiceStub,
+                          "Generate", self._generation(prompt, messages, params), timeout_s)
+
+    def textgen_stream(self, prompt: str | None = None, *, messages: list[dict] | None = None,
+                       timeout_s: float | None = None, **params
+                       ) -> Iterator[textgen_pb.GenerateStreamResponse]:
+        """Token deltas as they are decoded, then one message with `final` set. Closing the
+        iterator cancels the stream (and the server stops decoding)."""
+        ch = self._channel("textgen")
+        call = textgen_service_pb2_grpc.TextGenerationServiceStub(ch.channel).GenerateStream(
+            self._generation(prompt, messages, params, textgen_pb.GenerateStreamRequest),
+            metadata=self._metadata, timeout=self.timeout_s if timeout_s is None else timeout_s)
+        try:
+            yield from call
         except grpc.RpcError as err:
             raise JobmeshClientError.from_rpc_error(
                 err, endpoint=ch.target, connected=ch.ever_connected) from None
@@ -186,3 +224,19 @@ class Client:
                   ) -> model_service_pb2.Model:
         return self._call("models", model_service_pb2_grpc.ModelServiceStub, "GetModel",
                           model_service_pb2.GetModelRequest(name=name), timeout_s).model
+
+
+_SPECULATION = {"off": textgen_pb.SPECULATION_OFF, "auto": textgen_pb.SPECULATION_AUTO,
+                "token_recycling": textgen_pb.SPECULATION_TOKEN_RECYCLING,
+                "prompt_lookup": textgen_pb.SPECULATION_PROMPT_LOOKUP}
+
+
+def _params(max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 0.0,
+            top_k: int = 0, seed: int | None = None, stop: list[str] | None = None,
+            speculation: str = "auto") -> textgen_pb.GenerationParameters:
+    p = textgen_pb.GenerationParameters(max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_p=top_p, top_k=top_k, stop=stop or [],
+                                        speculation=_SPECULATION[speculation])
+    if seed is not None:
+        p.seed = seed
+    return p
