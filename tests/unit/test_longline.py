@@ -43,12 +43,28 @@ def test_merge_boxes_joins_pieces_cut_by_tiles_but_not_separate_words():
 
     joined = merge_boxes([quad(0, 10, 2000, 60), quad(1700, 12, 3900, 61),
                           quad(3600, 11, 5000, 59)])
-    assert len(joined) == 1 and joined[0][0, 0] == 0 and joined[0][1, 0] == 5000
+    assert len(joined) == 1
+    assert joined[0][0, 0] == pytest.approx(0, abs=1e-3)
+    assert joined[0][1, 0] == pytest.approx(5000, abs=1e-3)
     apart = merge_boxes([quad(0, 10, 100, 60), quad(130, 10, 200, 60),  # a gap: two words
                          quad(0, 100, 100, 150)])                        # next row
     assert len(apart) == 3
     dup = merge_boxes([quad(1700, 10, 1900, 60), quad(1702, 11, 1899, 59)])  # seen twice
     assert len(dup) == 1
+
+
+def test_a_rotated_line_cut_by_tiles_gets_a_rotated_box():
+    # A line rising 1 degree: 3 tile pieces, each a rotated quad along the same baseline.
+    slope = np.tan(np.radians(-1.0))
+
+    def piece(x0, x1, h=40.0):
+        y0, y1 = 100 + slope * x0, 100 + slope * x1
+        return np.array([[x0, y0], [x1, y1], [x1, y1 + h], [x0, y0 + h]], dtype=np.float32)
+
+    [quad] = merge_boxes([piece(0, 2000), piece(1700, 3700), piece(3400, 5000)])
+    left_h = np.linalg.norm(quad[3] - quad[0])
+    assert left_h == pytest.approx(40, abs=2)  # the crop stays one line high, not 40 + drift
+    assert quad[1][1] < quad[0][1]  # and rises to the right like the text
 
 
 def test_ctc_decode_matches_rapidocr_decoder():

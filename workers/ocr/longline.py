@@ -93,26 +93,39 @@ def _aabb(quad: np.ndarray) -> tuple[float, float, float, float]:
 def merge_boxes(quads: list[np.ndarray]) -> list[np.ndarray]:
     """Joins boxes of one text line that tiles cut apart: boxes whose vertical extents overlap
     by more than half the smaller height and whose horizontal extents overlap (they meet in a
-    shared strip). Separate words (a gap between them) stay separate. Returns axis-aligned
-    quads (TL, TR, BR, BL), float32."""
-    boxes = [list(_aabb(q)) for q in quads]
+    shared strip). Separate words (a gap between them) stay separate. A joined line gets the
+    minimum-area rotated rectangle around its pieces, so a slightly rotated long line is
+    straightened when cropped instead of cut out as a tall axis-aligned band (which would
+    shrink the glyphs at recognizer height). Returns quads (TL, TR, BR, BL), float32."""
+    groups = [(list(_aabb(q)), [np.asarray(q, dtype=np.float32)]) for q in quads]
     merged = True
     while merged:  # repeat until stable: a join can make a box reach a third one
         merged = False
-        out: list[list[float]] = []
-        for b in sorted(boxes, key=lambda b: (b[0], b[1])):
-            for o in out:
+        out: list[tuple[list[float], list[np.ndarray]]] = []
+        for b, pieces in sorted(groups, key=lambda g: (g[0][0], g[0][1])):
+            for o, o_pieces in out:
                 v_overlap = min(b[3], o[3]) - max(b[1], o[1])
                 h_overlap = min(b[2], o[2]) - max(b[0], o[0])
                 if h_overlap > 0 and v_overlap > 0.5 * min(b[3] - b[1], o[3] - o[1]):
                     o[:] = [min(o[0], b[0]), min(o[1], b[1]), max(o[2], b[2]), max(o[3], b[3])]
+                    o_pieces.extend(pieces)
                     merged = True
                     break
             else:
-                out.append(list(b))
-        boxes = out
-    return [np.array([[x0, y0], [x1, y0], [x1, y1], [x0, y1]], dtype=np.float32)
-            for x0, y0, x1, y1 in boxes]
+                out.append((list(b), list(pieces)))
+        groups = out
+    return [pieces[0] if len(pieces) == 1 else _enclosing_quad(np.concatenate(pieces))
+            for _, pieces in groups]
+
+
+def _enclosing_quad(points: np.ndarray) -> np.ndarray:
+    import cv2
+
+    rect = cv2.boxPoints(cv2.minAreaRect(points.astype(np.float32)))
+    s, d = rect.sum(axis=1), rect[:, 1] - rect[:, 0]
+    # TL has the smallest x+y, BR the largest; TR the smallest y-x, BL the largest.
+    return np.array([rect[s.argmin()], rect[d.argmin()], rect[s.argmax()], rect[d.argmax()]],
+                    dtype=np.float32)
 
 
 def plan_windows(width: int, height: int, cfg: LongLineConfig) -> list[tuple[int, int]]:
