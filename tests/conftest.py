@@ -112,3 +112,27 @@ def channel(gateway):
 
 def auth(key: str = TENANT_KEY) -> list[tuple[str, str]]:
     return [("authorization", f"Bearer {key}")]
+
+
+@pytest.fixture(scope="session")
+def textgen_stack(stack):
+    """The SmolLM2 export registered in the test registry, a textgen gateway and worker."""
+    from shared.config import Settings
+    from shared.models.registry import ModelRegistry
+    from shared.storage.artifacts import ArtifactStore
+    from workers.textgen.export import register_textgen_model
+
+    settings = Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()})
+    register_textgen_model(ModelRegistry(ArtifactStore.from_settings(settings),
+                                         settings.models_bucket))
+    port = free_port()
+    stack.start_worker("textgen")
+    stack.start_gateway("textgen", port)
+    stack.wait_consumers("textgen.cpu", timeout=180)
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture
+def textgen_channel(textgen_stack):
+    with grpc.insecure_channel(textgen_stack) as ch:
+        yield ch

@@ -1,0 +1,286 @@
+"""Train-free drafters for lossless speculative decoding: Token Recycling and prompt lookup.
+
+Both produce a `DraftTree` rooted at the last accepted token (the one not yet in the KV cache).
+The decoder verifies the whole tree in one forward pass with a tree attention mask and accepts
+the longest root-to-leaf path whose every token equals the model's greedy choice at its parent,
+plus the model's own next token after it. The output is therefore the greedy output (up to float
+near-ties, see `decoding.py`), whatever the drafts were.
+
+Token Recycling ("Turning Trash into Treasure", Luo et al. 2024)
+    `TokenRecycler` holds an adjacency matrix `succ[V, K]`: for every token, the K most likely
+    successors the model proposed the last time that token was fed to it (the top-K of the
+    logits at that position, from every forward pass: prefill chunks, verified trees, rejected
+    branches included). Each step a static breadth-first tree template (parent, rank) is
+    instantiated from the matrix: the child of rank r of a node holding token t holds
+    `succ[t, r]`. Unknown rows (-1) prune their subtree.
+
+    State and memory: one recycler per model per process (`shared_recycler`), kept across
+    requests so later requests start warm; its size is fixed at V x K int32 (49152 x 8 x 4 B =
+    1.5 MiB for SmolLM2), independent of traffic. Rows are overwritten, never appended. Writes
+    from concurrent threads may interleave row by row; that can only change which drafts are
+    proposed, never the output.
+
+Prompt lookup (HF `prompt_lookup_num_tokens`, retrieval drafting as in RASD)
+    The last n tokens (n = 3, 2, 1) are searched for in the prompt plus the text generated so
+    far; the tokens that followed the most recent earlier occurrence form a chain draft.
+
+AUTO
+    Per step: when prompt lookup finds a match of at least `AUTO_MIN_NGRAM` tokens, its chain takes
+    up to `lookup_tokens` nodes of the budget and the Token-Recycling tree fills the rest (shared
+    prefixes merge, so the two never compete for the same node); otherwise the step is pure
+    Token Recycling.
+
+Tree size: forward cost versus tokens fed on this CPU
+    Measured on the 2-core Xeon dev machine (SmolLM2-135M fp32, ORT 1.32 CPU, past = 200 tokens,
+    batch 1, median of interleaved runs, other sessions sharing the machine):
+
+        n      1     2     4     8     12    16    24    32
+        cost   1.00  1.05  1.21  1.19  1.31  1.56  1.77  2.37   (x the n=1 forward)
+
+    (ARCHITECTURE.md's quieter run: 2: 1.10, 4: 1.15, 8: 1.3-1.4, 16: 1.6-1.9, 32: 2.5-2.9.)
+    Up to ~8-12 tokens a forward costs little more than one token (the step is bound by reading
+    the 0.6 GB of weights); beyond that the cost climbs almost linearly. With the
+    per-rank acceptance rates measured on code (`ACCEPT_PROBS`) the expected speedup
+    (1 + E[accepted]) / cost(n) peaks at n = 8-12 on this CPU, so the CPU template has
+    `CPU_TREE_NODES` = 10 nodes (root + 9 drafts). With a GPU provider active the forward cost
+    stays flat much further (the paper's 80-node tree) and `GPU_TREE_NODES` is used.
+"""
+
+from __future__ import annotations
+
+import heapq
+from dataclasses import dataclass
+
+import numpy as np
+
+SUCCESSORS = 8  # K: candidates kept per token in the adjacency matrix
+CPU_TREE_NODES = 10  # nodes fed per verification step on CPU, root included
+GPU_TREE_NODES = 64
+AUTO_MIN_NGRAM = 2
+LOOKUP_MAX_NGRAM = 3
+LOOKUP_TOKENS = 8  # longest chain prompt lookup proposes
+
+# P(the rank-r candidate of a node is the greedy token | the node itself was accepted), by depth
+# (1 = children of the root), measured with Token Recycling on code and chat prompts. Only the
+# ordering of these numbers matters for the template's shape.
+ACCEPT_PROBS = (
+    (0.52, 0.14, 0.06, 0.035, 0.02, 0.015, 0.01, 0.008),
+    (0.58, 0.13, 0.05, 0.03, 0.02, 0.012, 0.008, 0.006),
+    (0.62, 0.12, 0.05, 0.025, 0.015, 0.01, 0.007, 0.005),
+)
+
+
+def accept_prob(depth: int, rank: int) -> float:
+    table = ACCEPT_PROBS[min(depth, len(ACCEPT_PROBS)) - 1]
+    return table[rank] if rank < len(table) else 0.0
+
+
+def build_template(nodes: int, successors: int = SUCCESSORS,
+                   max_depth: int = 12) -> list[tuple[int, int]]:
+    """A static tree template with `nodes` nodes (root included): [(parent, rank)] in breadth-
+    first order, node 0 the root with parent -1. Grown greedily by the expected acceptance of
+    each path (product of `accept_prob` along it), which maximises the expected number of
+    accepted tokens for a given size under that model."""
+    chosen: list[tuple[int, int, int, float]] = [(-1, 0, 0, 1.0)]  # parent, rank, depth, prob
+    heap = [(-accept_prob(1, 0), 0, 0, 1)]  # (-prob, parent, rank, depth)
+    while len(chosen) < nodes and heap:
+        neg, parent, rank, depth = heapq.heappop(heap)
+        idx = len(chosen)
+        chosen.append((parent, rank, depth, -neg))
+        if rank + 1 < successors:  # the next sibling
+            sib = chosen[parent][3] * accept_prob(depth, rank + 1)
+            heapq.heappush(heap, (-sib, parent, rank + 1, depth))
+        if depth < max_depth:  # the first child
+            heapq.heappush(heap, (-(-neg) * accept_prob(depth + 1, 0), idx, 0, depth + 1))
+    # breadth-first order: sort by (depth, insertion) and remap parents
+    order = sorted(range(len(chosen)), key=lambda i: (chosen[i][2], i))
+    new_index = {old: new for new, old in enumerate(order)}
+    return [(new_index[chosen[i][0]] if chosen[i][0] >= 0 else -1, chosen[i][1]) for i in order]
+
+
+@dataclass
+class DraftTree:
+    """Nodes in topological order; node 0 is the root (the last accepted token, not in the KV
+    cache yet). `parents[0] == -1`; `depth[0] == 0`."""
+
+    tokens: np.ndarray  # int64 [m]
+    parents: np.ndarray  # int64 [m]
+    depth: np.ndarray  # int64 [m]
+    source: str = "none"  # "none" | "token_recycling" | "prompt_lookup" | "auto"
+
+    @classmethod
+    def root_only(cls, token: int) -> DraftTree:
+        return cls(np.array([token], np.int64), np.array([-1], np.int64),
+                   np.zeros(1, np.int64))
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    @property
+    def drafts(self) -> int:
+        return len(self.tokens) - 1
+
+    def is_chain(self) -> bool:
+        return bool(np.all(self.parents[1:] == np.arange(len(self.tokens) - 1)))
+
+    def ancestors(self) -> np.ndarray:
+        """bool [m, m]: [j, i] is True when node i is node j or one of its ancestors."""
+        m = len(self.tokens)
+        anc = np.zeros((m, m), bool)
+        for j in range(m):
+            if self.parents[j] >= 0:
+                anc[j] = anc[self.parents[j]]
+            anc[j, j] = True
+        return anc
+
+    def accept(self, greedy: np.ndarray) -> list[int]:
+        """Walks from the root along children whose token equals the greedy token at their
+        parent (`greedy[j]` = argmax of node j's logits). Returns the accepted node indices,
+        root first; the caller appends `greedy[last]` as the bonus token."""
+        children: dict[int, list[int]] = {}
+        for j in range(1, len(self.tokens)):
+            children.setdefault(int(self.parents[j]), []).append(j)
+        path = [0]
+        while True:
+            want = greedy[path[-1]]
+            nxt = next((c for c in children.get(path[-1], ()) if self.tokens[c] == want), None)
+            if nxt is None:
+                return path
+            path.append(nxt)
+
+
+class _TreeBuilder:
+    """A trie of token paths under a root, keeping insertion order and a node budget."""
+
+    def __init__(self, root: int, budget: int):
+        self.tokens, self.parents, self.depth = [root], [-1], [0]
+        self.child: dict[tuple[int, int], int] = {}
+        self.budget = budget
+
+    def add(self, parent: int, token: int) -> int | None:
+        key = (parent, token)
+        if key in self.child:
+            return self.child[key]
+        if len(self.tokens) >= self.budget:
+            return None
+        self.tokens.append(token)
+        self.parents.append(parent)
+        self.depth.append(self.depth[parent] + 1)
+        self.child[key] = len(self.tokens) - 1
+        return self.child[key]
+
+    def add_chain(self, chain) -> None:
+        node = 0
+        for token in chain:
+            node = self.add(node, int(token))
+            if node is None:
+                return
+
+    def tree(self, source: str) -> DraftTree:
+        return DraftTree(np.array(self.tokens, np.int64), np.array(self.parents, np.int64),
+                         np.array(self.depth, np.int64), source)
+
+
+class TokenRecycler:
+    """The adjacency matrix of Token Recycling (see the module docstring)."""
+
+    def __init__(self, vocab_size: int, successors: int = SUCCESSORS):
+        self.successors = successors
+        self.succ = np.full((vocab_size, successors), -1, np.int32)
+
+    @property
+    def nbytes(self) -> int:
+        return self.succ.nbytes
+
+    def update(self, tokens: np.ndarray, logits: np.ndarray) -> None:
+        """`tokens` [n] were fed, `logits` [n, V] came out: row t of the matrix becomes the
+        top-K of the logits at t's position (later positions win for repeated tokens)."""
+        k = self.successors
+        top = np.argpartition(logits, -k, axis=-1)[:, -k:]
+        vals = np.take_along_axis(logits, top, axis=-1)
+        top = np.take_along_axis(top, np.argsort(-vals, axis=-1, kind="stable"), axis=-1)
+        self.succ[np.asarray(tokens, np.int64)] = top
+
+    def draft(self, root: int, template: list[tuple[int, int]],
+              builder: _TreeBuilder | None = None, max_depth: int | None = None) -> DraftTree:
+        """Instantiates `template` under `root`; nodes deeper than `max_depth` or below an
+        unknown row are dropped. With `builder`, adds into that tree (AUTO's merge)."""
+        b = builder or _TreeBuilder(root, len(template))
+        placed = [0] + [None] * (len(template) - 1)  # template index -> tree node
+        for i in range(1, len(template)):
+            parent, rank = template[i]
+            at = placed[parent]
+            if at is None or (max_depth is not None and b.depth[at] >= max_depth):
+                continue
+            token = int(self.succ[b.tokens[at], rank])
+            if token < 0:
+                continue
+            placed[i] = b.add(at, token)
+        return b.tree("token_recycling")
+
+
+_SHARED: dict[tuple, TokenRecycler] = {}
+
+
+def shared_recycler(key: tuple, vocab_size: int) -> TokenRecycler:
+    """The process-wide recycler for a model (key: name and version), created on first use."""
+    recycler = _SHARED.get(key)
+    if recycler is None:
+        recycler = _SHARED[key] = TokenRecycler(vocab_size)
+    return recycler
+
+
+def prompt_lookup(context: np.ndarray, max_ngram: int = LOOKUP_MAX_NGRAM, min_ngram: int = 1,
+                  num_tokens: int = LOOKUP_TOKENS) -> tuple[np.ndarray, int]:
+    """Finds the last `n` tokens of `context` (n from `max_ngram` down to `min_ngram`) earlier
+    in it; returns (the up to `num_tokens` tokens after the most recent earlier occurrence, n),
+    or (empty, 0) when nothing matches."""
+    length = len(context)
+    for n in range(max_ngram, min_ngram - 1, -1):
+        if length <= n:
+            continue
+        tail = context[length - n:]
+        # candidate starts i in [0, length - n - 1]: an occurrence that ends before the tail's
+        # last token, so at least one token follows it
+        hits = np.ones(length - n, bool)
+        for j in range(n):
+            hits &= context[j:length - n + j] == tail[j]
+        found = np.flatnonzero(hits)
+        if found.size:
+            start = int(found[-1]) + n
+            return context[start:start + num_tokens], n
+    return context[:0], 0
+
+
+class Drafter:
+    """Per-request drafting policy over a shared `TokenRecycler`."""
+
+    MODES = ("off", "token_recycling", "prompt_lookup", "auto")
+
+    def __init__(self, mode: str, recycler: TokenRecycler, nodes: int):
+        self.mode = mode
+        self.recycler = recycler
+        self.nodes = max(1, nodes)
+        self.template = build_template(self.nodes, recycler.successors)
+
+    def draft(self, context: np.ndarray, max_depth: int) -> DraftTree:
+        """The tree for the next step. `context` ends with the root token; `max_depth` bounds
+        how many tokens past the root may still be used (remaining budget of the request)."""
+        root = int(context[-1])
+        if self.mode == "off" or max_depth <= 0 or self.nodes == 1:
+            return DraftTree.root_only(root)
+        if self.mode == "token_recycling":
+            return self.recycler.draft(root, self.template, max_depth=max_depth)
+        chain, n = prompt_lookup(context, num_tokens=min(max_depth, self.nodes - 1))
+        if self.mode == "prompt_lookup":
+            b = _TreeBuilder(root, self.nodes)
+            b.add_chain(chain)
+            return b.tree("prompt_lookup")
+        # auto
+        if n < AUTO_MIN_NGRAM or not len(chain):
+            return self.recycler.draft(root, self.template, max_depth=max_depth)
+        b = _TreeBuilder(root, self.nodes)
+        b.add_chain(chain[: max(1, min(LOOKUP_TOKENS, self.nodes - 1))])
+        tree = self.recycler.draft(root, self.template, builder=b, max_depth=max_depth)
+        tree.source = "auto"
+        return tree
