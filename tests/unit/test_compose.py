@@ -36,7 +36,8 @@ API_KEYS = REPO / "infra" / "compose" / "api_keys.yaml"
 WORKER_PROBE = REPO / "infra" / "docker" / "worker_healthcheck.py"
 
 JOB_SERVICE = "jobmesh.jobs.v1.JobService"
-APP_SERVICES = {"minio-init", "gateway-ocr", "worker-ocr", "worker-ocr-gpu"}
+APP_SERVICES = {"minio-init", "gateway-ocr", "worker-ocr", "worker-ocr-gpu", "models-textgen",
+                "gateway-textgen", "worker-textgen"}
 ALL_SERVICES = APP_SERVICES | {"redis", "minio"}
 
 
