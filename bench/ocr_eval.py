@@ -231,6 +231,78 @@ def start_pool(config: om.OcrConfig, processes: int, threads: int,
 # Measuring
 
 
+class BlockMeter:
+    """Over one throughput block: how many cores the whole machine kept busy (/proc/stat) and how
+    many of those were this process tree's (this process, the mesh's processes, the pool), so
+    foreign load can be read block by block."""
+
+    def __init__(self):
+        import psutil
+
+        self.me = psutil.Process()
+        self.psutil = psutil
+
+    def _tree_cpu(self) -> float:
+        total = 0.0
+        for p in [self.me, *self.me.children(recursive=True)]:
+            try:
+                t = p.cpu_times()
+            except self.psutil.Error:
+                continue
+            total += t.user + t.system
+        return total
+
+    def start(self) -> tuple:
+        return time.monotonic(), machine._cpu_jiffies(), self._tree_cpu()
+
+    def stop(self, started: tuple) -> dict:
+        t0, j0, own0 = started
+        wall = max(1e-6, time.monotonic() - t0)
+        j1, own1 = machine._cpu_jiffies(), self._tree_cpu()
+        out = {"own_cores": round((own1 - own0) / wall, 2)}
+        if j0 and j1:
+            busy = (j1[0] - j0[0]) / wall
+            out["machine_busy_cores"] = round(busy, 2)
+            out["foreign_cores"] = round(max(0.0, busy - out["own_cores"]), 2)
+        return out
+
+
+def wait_quiet(max_wait_s: float, threshold: float = 0.3, window_s: float = 5.0) -> dict:
+    """Waits (at most max_wait_s) for a window in which other processes keep fewer than
+    `threshold` cores busy; the throughput figures are then less disturbed by other tenants."""
+    meter = BlockMeter()
+    t0 = time.monotonic()
+    seen: list[float] = []
+    while True:
+        started = meter.start()
+        time.sleep(window_s)
+        foreign = meter.stop(started).get("foreign_cores")
+        if foreign is None:
+            return {"waited_s": round(time.monotonic() - t0, 1), "foreign_cores": None}
+        seen.append(foreign)
+        if foreign < threshold or time.monotonic() - t0 + window_s > max_wait_s:
+            return {"waited_s": round(time.monotonic() - t0, 1), "foreign_cores": foreign,
+                    "quiet": foreign < threshold, "windows": seen}
+
+
+def run_blocks(work: list, paths: dict[str, Callable[[str, bytes], None]], n: int,
+               concurrency: int, blocks: int) -> dict[str, dict]:
+    """`blocks` blocks of n requests per path, order A-B-C, C-B-A, ...; median block rate, and
+    the foreign load measured during each block."""
+    meter = BlockMeter()
+    labels = list(paths)
+    runs: dict[str, list[dict]] = {label: [] for label in labels}
+    for b in range(blocks):
+        for label in (labels if b % 2 == 0 else labels[::-1]):
+            started = meter.start()
+            block = om.throughput_block(work, paths[label], n, concurrency)
+            block["cpu"] = meter.stop(started)
+            runs[label].append(block)
+    return {label: {"images_per_s": round(statistics.median(r["images_per_s"] for r in rs), 3),
+                    "blocks": rs, "concurrency": concurrency, "requests_per_block": n}
+            for label, rs in runs.items()}
+
+
 def read_all(items: list[EvalImage], engines: dict[str, Callable], log) -> dict[str, list]:
     """Every image once per engine, engines taking turns (the order rotates every image)."""
     labels = list(engines)
@@ -325,10 +397,15 @@ def measure_throughput(args, items: list[EvalImage], mesh: om.Mesh, config: om.O
         for label, fn in paths.items():  # warm-up: every path, every image, concurrently
             om.throughput_block(work, fn, len(work), args.concurrency)
             differ[label].clear()
+        quiet = None
+        if args.quiet_wait > 0:
+            log(f"throughput: waiting up to {args.quiet_wait:.0f} s for other processes to use "
+                f"< 0.3 cores ...")
+            quiet = wait_quiet(args.quiet_wait)
+            log(f"  other processes: {quiet['foreign_cores']} cores after {quiet['waited_s']} s")
         log(f"throughput: {args.blocks} blocks x {args.throughput_requests} requests per path "
             f"at concurrency {args.concurrency} ...")
-        runs = om.throughput(work, paths, args.throughput_requests, args.concurrency,
-                             args.blocks)
+        runs = run_blocks(work, paths, args.throughput_requests, args.concurrency, args.blocks)
     finally:
         pool.shutdown(cancel_futures=True)
         on.close()
@@ -337,6 +414,7 @@ def measure_throughput(args, items: list[EvalImage], mesh: om.Mesh, config: om.O
     for label, r in runs.items():
         rates = [b["images_per_s"] for b in r["blocks"]]
         r["block_rates"] = rates
+        r["block_foreign_cores"] = [b["cpu"].get("foreign_cores") for b in r["blocks"]]
         r["latency_p50_ms"] = statistics.median(b["latency"]["p50_ms"] for b in r["blocks"])
         r["responses_differing_from_c1"] = {"differ": len(differ[label]), "of": calls,
                                             "images": sorted(set(differ[label]))}
@@ -344,6 +422,7 @@ def measure_throughput(args, items: list[EvalImage], mesh: om.Mesh, config: om.O
         "images": [w[0] for w in work],
         "groups": list(THROUGHPUT_GROUPS),
         "concurrency": args.concurrency,
+        "quiet_wait": quiet,
         "pool": {"processes": args.worker_concurrency, "ort_threads_each": threads,
                  "config": vars(config)},
         "worker": {"children": args.worker_concurrency, "ort_threads_each": threads},
@@ -392,24 +471,38 @@ def goals(groups: dict, thr: dict | None, by_image: dict) -> list[dict]:
                         "met": j <= r})
     if thr:
         p = thr["paths"]
+        foreign = [fc for r in p.values() for fc in r["block_foreign_cores"] if fc is not None]
+        noisy = ""
+        if foreign and statistics.median(foreign) > 0.3:
+            noisy = (f"; other processes kept {statistics.median(foreign):.2f} cores busy "
+                     f"during the median block: rerun when the machine is quiet")
         rat = thr["ratios"]["jobmesh_over_inprocess_pool"]
         out.append({"goal": f"throughput at concurrency {thr['concurrency']}: jobmesh >= 0.9x "
                             f"the in-process rapidocr pool",
                     "measured": f"{p['jobmesh']['images_per_s']:.2f} vs "
                                 f"{p['inprocess_pool']['images_per_s']:.2f} images/s = "
-                                f"{rat:.2f}x", "met": rat is not None and rat >= 0.9})
+                                f"{rat:.2f}x{noisy}", "met": rat is not None and rat >= 0.9})
         rat = thr["ratios"]["coalescing_on_over_off"]
-        on_min = min(p["jobmesh"]["block_rates"])
-        off_max = max(p["jobmesh_no_coalescing"]["block_rates"])
+        on_r, off_r = p["jobmesh"]["block_rates"], p["jobmesh_no_coalescing"]["block_rates"]
+        spread = (" (every block on faster than every block off)" if min(on_r) > max(off_r) else
+                  " (every block on slower than every block off)" if max(on_r) < min(off_r)
+                  else " (block ranges overlap)")
         out.append({"goal": f"batching's own gain at concurrency {thr['concurrency']}: "
                             f"coalescing on faster than off",
                     "measured": f"{p['jobmesh']['images_per_s']:.2f} vs "
                                 f"{p['jobmesh_no_coalescing']['images_per_s']:.2f} images/s = "
-                                f"{rat:.2f}x" + (" (every block on > every block off)"
-                                                 if on_min > off_max else
-                                                 " (block ranges overlap)"),
+                                f"{rat:.2f}x{spread}{noisy}",
                     "met": rat is not None and rat > 1.0})
     return out
+
+
+def _tile_above() -> int:
+    """The worker's threshold for tiled detection (longer image side, px)."""
+    try:
+        from workers.ocr.tasks import OcrSettings
+    except ImportError:
+        return 4000
+    return int(OcrSettings().tile_above)
 
 
 def measure(args: argparse.Namespace, log=print) -> dict:
@@ -442,7 +535,7 @@ def measure(args: argparse.Namespace, log=print) -> dict:
     base = om.worker_ocr_defaults()
     config = om.OcrConfig(base.det_limit_side_len, base.det_limit_type, base.rec_batch_size)
     result["worker_ocr_config"] = {
-        **vars(config), "children": args.worker_concurrency,
+        **vars(config), "tile_above": _tile_above(), "children": args.worker_concurrency,
         "ort_threads_per_child": om.worker_threads_per_child(config, args.worker_concurrency)}
     meter = machine.CpuMeter()
     mesh = om.Mesh(args.redis_url, args.worker_concurrency, config, args.keep_logs)
@@ -603,19 +696,30 @@ def _throughput_table(thr: dict, s: dict) -> list[str]:
            f"{pool['config']['det_limit_side_len']} px, rec batch "
            f"{pool['config']['rec_batch_size']}), the client threads submitting to it. Same work: "
            f"the pool's text (rows joined as jobmesh joins them) equals jobmesh's on {eq['equal']}"
-           f"/{eq['of']} images.", "",
-           "| path | images/s (median) | blocks | latency p50 | answers differing from "
-           "jobmesh at concurrency 1 |", "|---|---|---|---|---|"]
+           f"/{eq['of']} images." + _quiet_note(thr.get("quiet_wait")), "",
+           "| path | images/s (median) | each block (other processes' busy cores during it) "
+           "| latency p50 | answers differing from jobmesh at concurrency 1 |",
+           "|---|---|---|---|---|"]
     for label in ("jobmesh", "jobmesh_no_coalescing", "inprocess_pool"):
         r = p[label]
         d = r["responses_differing_from_c1"]
-        rates = ", ".join(f"{x:.2f}" for x in r["block_rates"])
+        rates = ", ".join(f"{x:.2f}" + ("" if fc is None else f" ({fc:.2f})")
+                          for x, fc in zip(r["block_rates"], r["block_foreign_cores"],
+                                           strict=True))
         out.append(f"| {desc[label]} | {r['images_per_s']:.2f} | {rates} | "
                    f"{r['latency_p50_ms']:.0f} ms | {d['differ']}/{d['of']} |")
     rat = thr["ratios"]
     out += ["", f"jobmesh / in-process pool: {rat['jobmesh_over_inprocess_pool']:.2f}×; "
             f"coalescing on / off: {rat['coalescing_on_over_off']:.2f}×."]
     return out
+
+
+def _quiet_note(q: dict | None) -> str:
+    if not q or q.get("foreign_cores") is None:
+        return ""
+    how = "found a quiet 5-s window" if q.get("quiet") else "found no quiet 5-s window"
+    return (f" Before the blocks the run waited {q['waited_s']:.0f} s and {how} (other "
+            f"processes at {q['foreign_cores']:.2f} cores in the last one).")
 
 
 def _long_table(result: dict) -> list[str]:
@@ -630,6 +734,8 @@ def _long_table(result: dict) -> list[str]:
     if not names:
         return []
     engines = [e for e in ENGINES if e in rows]
+    tile_above = result.get("worker_ocr_config", {}).get("tile_above", 4000)
+    split: dict[str, list[dict]] = {}
     out = ["## Long and very long lines, per image", "",
            "Drift = how far the rotated baseline climbs or falls over the line's width "
            "(width × tan(angle)), next to the text size.", "",
@@ -651,6 +757,17 @@ def _long_table(result: dict) -> list[str]:
                    f"{it.get('size_px', '?')} | {deg:+.2f}° | {drift:.0f} px | "
                    + " | ".join(cells) + f" | {'yes' if j.get('tiled_detection') else 'no'} / "
                    f"{j.get('windows', 0)} |")
+        if max(it["size"]) > tile_above:
+            key = "drift_over_font" if drift > it.get("size_px", 0) else "drift_within_font"
+            split.setdefault(key, []).append(j)
+    for key, words in (("drift_within_font", "at most"), ("drift_over_font", "more than")):
+        js = split.get(key, [])
+        if js:
+            out.append("")
+            out.append(f"jobmesh on lines wider than {tile_above:,} px (the tiled-detection path) "
+                       f"whose drift is {words} the font size: {len(js)} images, mean CER "
+                       f"{_pct(statistics.fmean(r['cer'] for r in js))}, "
+                       f"{sum(r['empty'] for r in js)} read as nothing.")
     return out
 
 
@@ -689,12 +806,15 @@ def build_parser(prog: str = "python -m bench.ocr_eval") -> argparse.ArgumentPar
                    help="fraction of each group of the set (at least one image each); the set "
                         f"at 1.0: {COUNTS} plus the scikit-image scan")
     p.add_argument("--concurrency", type=int, default=16, help="client threads for throughput")
-    p.add_argument("--throughput-requests", type=int, default=64, metavar="M",
+    p.add_argument("--throughput-requests", type=int, default=48, metavar="M",
                    help="requests per throughput block")
-    p.add_argument("--blocks", type=int, default=3, help="throughput blocks per path")
+    p.add_argument("--blocks", type=int, default=5, help="throughput blocks per path")
     p.add_argument("--worker-concurrency", type=int, default=2, metavar="W",
                    help="prefork children of the OCR worker (and processes of the in-process "
                         "pool)")
+    p.add_argument("--quiet-wait", type=float, default=60.0, metavar="S",
+                   help="before the throughput blocks, wait up to S seconds for a 5-s window in "
+                        "which other processes keep < 0.3 cores busy (0: don't wait)")
     p.add_argument("--skip-tesseract", action="store_true")
     p.add_argument("--skip-rapidocr", action="store_true",
                    help="no rapidocr-by-hand accuracy pass (the slowest engine here)")
@@ -717,6 +837,7 @@ def parse_args(argv: list[str] | None = None, prog: str = "python -m bench.ocr_e
     if args.quick:
         args.scale = min(args.scale, 0.25)
         args.throughput_requests, args.blocks = 16, 1
+        args.quiet_wait = min(args.quiet_wait, 10.0)
     for name in ("concurrency", "throughput_requests", "blocks", "worker_concurrency"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
