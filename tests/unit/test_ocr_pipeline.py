@@ -104,9 +104,11 @@ def test_batch_of_single_lines_reads_exactly_in_one_rec_call(pipeline, runners):
         xs, ys = zip(*line.box, strict=True)
         assert 0 <= min(xs) < max(xs) <= result.width
         assert 0 <= min(ys) < max(ys) <= result.height
-    # Detection per image; all crops of all images recognised in a single batched call.
+    # Detection per image; the crops of all images share recognizer calls, batched by width
+    # (a call pads to its widest crop, so very different widths go to different calls).
     assert len(runners["det"].calls) == 3
-    assert [shape[0] for shape in runners["rec"].calls] == [3]
+    assert sum(shape[0] for shape in runners["rec"].calls) == 3
+    assert len(runners["rec"].calls) < 3 or len({s[3] for s in runners["rec"].calls}) == 3
     assert runners["cls"].calls == []  # classify_angle defaults to off
     assert elapsed < 30
 
@@ -124,7 +126,9 @@ def test_multi_line_image_in_reading_order(pipeline, runners):
     tops = [line.box[0][1] for line in normal.lines]
     assert tops == sorted(tops)
     assert filtered.lines == []
-    assert [shape[0] for shape in runners["rec"].calls] == [4, 2]
+    # Six crops of similar width, at most 4 per recognizer call.
+    sizes = [shape[0] for shape in runners["rec"].calls]
+    assert sum(sizes) == 6 and max(sizes) <= 4
 
 
 def test_upside_down_line_needs_angle_classifier(pipeline, runners):

@@ -337,9 +337,8 @@ class OcrPipeline:
             spans[n] = plan
             pieces += [_Piece(n, x0, crop.pixels[:, x0:x1]) for x0, x1 in plan]
         ordered = sorted(pieces, key=lambda p: p.pixels.shape[1] / p.pixels.shape[0])
-        for start in range(0, len(ordered), batch_size):
+        for batch in _width_buckets(ordered, batch_size):
             check_stop()
-            batch = ordered[start : start + batch_size]
             # Every piece in a batch is padded to the widest one, never below 320x48.
             max_ratio = max([_REC_BASE_WIDTH / _REC_HEIGHT] +
                             [p.pixels.shape[1] / p.pixels.shape[0] for p in batch])
@@ -363,6 +362,26 @@ class OcrPipeline:
             crop.text, crop.confidence = line.text, line.confidence
             crop.windows = len(parts)
             crop.path = "windowed" if len(parts) > 1 else "single"
+
+
+# Measured here (48 short/normal eval lines, 1 ORT thread, recognizer time): one image per call
+# 1.88 s; 8 images per call in plain batches of 16: 2.57 s; with buckets of spread 1.1: 1.85 s.
+BUCKET_SPREAD = 1.1
+
+
+def _width_buckets(ordered: list, batch_size: int) -> list[list]:
+    """Splits width-sorted pieces into batches whose widest piece is at most BUCKET_SPREAD x the
+    narrowest (never below the 320-px minimum), so a short word is not padded to a long line:
+    padding is computed in full by the recognizer and made batching slower than no batching."""
+    batches: list[list] = []
+    floor = _REC_BASE_WIDTH / _REC_HEIGHT
+    for piece in ordered:
+        ratio = max(floor, piece.pixels.shape[1] / piece.pixels.shape[0])
+        if batches and len(batches[-1][1]) < batch_size and ratio <= batches[-1][0] * BUCKET_SPREAD:
+            batches[-1][1].append(piece)
+        else:
+            batches.append((ratio, [piece]))
+    return [b for _, b in batches]
 
 
 @dataclass

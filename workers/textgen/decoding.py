@@ -30,6 +30,7 @@ with the prompt's own successor candidates.
 
 from __future__ import annotations
 
+import numbers
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
@@ -43,6 +44,7 @@ from workers.textgen.speculation import (
     DraftTree,
     TokenRecycler,
     shared_recycler,
+    size_tree,
 )
 from workers.textgen.tokenizer import IncrementalDecoder, InvalidGenerationParam
 
@@ -63,15 +65,17 @@ class GenerationParams:
     speculation: str = "auto"  # "off" | "token_recycling" | "prompt_lookup" | "auto"
 
     def validate(self) -> None:
-        if not isinstance(self.max_new_tokens, int) or self.max_new_tokens < 1:
+        if not isinstance(self.max_new_tokens, numbers.Integral) or self.max_new_tokens < 1:
             raise InvalidGenerationParam("max_new_tokens", "must be a positive integer")
-        if not np.isfinite(self.temperature) or self.temperature < 0:
+        if not isinstance(self.temperature, numbers.Real) or not np.isfinite(self.temperature) \
+                or self.temperature < 0:
             raise InvalidGenerationParam("temperature", "must be >= 0")
-        if not (0.0 < self.top_p <= 1.0):
+        if not isinstance(self.top_p, numbers.Real) or not (0.0 < self.top_p <= 1.0):
             raise InvalidGenerationParam("top_p", "must be in (0, 1]")
-        if not isinstance(self.top_k, int) or self.top_k < 0:
+        if not isinstance(self.top_k, numbers.Integral) or self.top_k < 0:
             raise InvalidGenerationParam("top_k", "must be >= 0 (0 = no limit)")
-        if self.seed is not None and (not isinstance(self.seed, int) or self.seed < 0):
+        if self.seed is not None and (not isinstance(self.seed, numbers.Integral)
+                                      or self.seed < 0):
             raise InvalidGenerationParam("seed", "must be a non-negative integer")
         if any(not isinstance(s, str) or not s for s in self.stop):
             raise InvalidGenerationParam("stop", "stop sequences must be non-empty strings")
@@ -219,8 +223,8 @@ class Generator:
         self.recycler = recycler_state or shared_recycler(
             (config.get("model"), config.get("version")), self.vocab_size)
         providers = getattr(session, "providers", None) or []
-        on_gpu = any(p in _GPU_PROVIDERS for p in providers)
-        self.tree_nodes = tree_nodes or (GPU_TREE_NODES if on_gpu else CPU_TREE_NODES)
+        self.on_gpu = any(p in _GPU_PROVIDERS for p in providers)
+        self.tree_nodes = tree_nodes or (GPU_TREE_NODES if self.on_gpu else CPU_TREE_NODES)
         self.prefill_chunk = max(1, prefill_chunk)
 
     def _output_order(self, session) -> list[int] | None:
@@ -247,6 +251,37 @@ class Generator:
         if self._out_index is not None:
             out = [out[i] for i in self._out_index]
         return out[0], out[1:]
+
+    def measure_cost_curve(self, sizes: Sequence[int] | None = None, past: int = 200,
+                           repeats: int = 5) -> dict[int, float]:
+        """Median seconds of one forward over n tokens after `past` cached tokens, for each n
+        in `sizes` (default up to 32 on CPU, 96 on a GPU provider; interleaved runs after one
+        warm-up each). About 3 s on the 2-core CPU."""
+        if sizes is None:
+            sizes = (1, 2, 4, 6, 8, 12, 16, 24, 32) + ((48, 64, 80, 96) if self.on_gpu else ())
+        rng = np.random.default_rng(0)
+        kv = [rng.standard_normal((1, self.kv_heads, past, self.head_dim)).astype(np.float32)
+              for _ in range(2 * self.layers)]
+        feeds = {}
+        for n in sizes:
+            ids = rng.integers(0, self.vocab_size, (1, n))
+            feeds[n] = (ids, np.arange(past, past + n)[None],
+                        np.zeros((1, 1, n, past + n), np.float32))
+            self._forward(*feeds[n], kv)
+        times: dict[int, list[float]] = {n: [] for n in sizes}
+        for rep in range(repeats):
+            for n in (sizes if rep % 2 == 0 else list(reversed(sizes))):
+                t0 = time.perf_counter()
+                self._forward(*feeds[n], kv)
+                times[n].append(time.perf_counter() - t0)
+        return {n: float(np.median(t)) for n, t in times.items()}
+
+    def calibrate(self, **kwargs) -> dict[int, float]:
+        """Measures the cost curve on this device and sizes the draft tree from it
+        (`speculation.size_tree`); returns the curve. Call once per process, at start-up."""
+        curve = self.measure_cost_curve(**kwargs)
+        self.tree_nodes = size_tree(curve)
+        return curve
 
     # -- validation ------------------------------------------------------------------------
 
