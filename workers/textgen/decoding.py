@@ -368,6 +368,7 @@ class Generator:
             else:
                 path = [0]
                 new_tokens = [self._choose(logits[0], params, rng)]
+            drafter.feedback(path)
             kv = self._keep(present, past, path, len(tree))
             past += len(path)
             if tree.drafts:

@@ -119,7 +119,9 @@ def load_reference_model(attn_implementation: str = "eager"):
     _require_export_deps()
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     path = gguf_path()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")

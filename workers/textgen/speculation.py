@@ -58,7 +58,8 @@ CPU_TREE_NODES = 10  # nodes fed per verification step on CPU, root included
 GPU_TREE_NODES = 64
 AUTO_MIN_NGRAM = 2
 LOOKUP_MAX_NGRAM = 3
-LOOKUP_TOKENS = 8  # longest chain prompt lookup proposes
+LOOKUP_TOKENS = 8  # default chain length of `prompt_lookup()`
+LOOKUP_START = 4  # a request's first prompt-lookup chain length (then adaptive, see Drafter)
 
 # P(the rank-r successor in the matrix is the greedy next token | its parent was accepted),
 # measured online (the matrix warmed on 26 prompts, then 1,079 greedy steps over 26 others: code,
@@ -73,10 +74,12 @@ def accept_prob(depth: int, rank: int) -> float:
 
 def build_template(nodes: int, successors: int = SUCCESSORS,
                    max_depth: int = 12) -> list[tuple[int, int]]:
-    """A static tree template with `nodes` nodes (root included): [(parent, rank)] in breadth-
-    first order, node 0 the root with parent -1. Grown greedily by the expected acceptance of
-    each path (product of `accept_prob` along it), which maximises the expected number of
-    accepted tokens for a given size under that model."""
+    """A static tree template with `nodes` nodes (root included): [(parent, rank)], node 0 the
+    root with parent -1. Grown greedily by the expected acceptance of each path (product of
+    `accept_prob` along it), which maximises the expected number of accepted tokens for a given
+    size under that model. Nodes come in decreasing path probability, a topological order
+    (parents first), so any prefix of the template is the best smaller tree: AUTO fills what
+    prompt lookup leaves of the budget in this order."""
     chosen: list[tuple[int, int, int, float]] = [(-1, 0, 0, 1.0)]  # parent, rank, depth, prob
     heap = [(-accept_prob(1, 0), 0, 0, 1)]  # (-prob, parent, rank, depth): candidate nodes
     while len(chosen) < nodes and heap:
@@ -89,10 +92,7 @@ def build_template(nodes: int, successors: int = SUCCESSORS,
         if depth < max_depth:  # and so does its first child
             child = prob * accept_prob(depth + 1, 0)
             heapq.heappush(heap, (-child, len(chosen) - 1, 0, depth + 1))
-    # breadth-first order: sort by (depth, insertion) and remap parents
-    order = sorted(range(len(chosen)), key=lambda i: (chosen[i][2], i))
-    new_index = {old: new for new, old in enumerate(order)}
-    return [(new_index[chosen[i][0]] if chosen[i][0] >= 0 else -1, chosen[i][1]) for i in order]
+    return [(parent, rank) for parent, rank, _, _ in chosen]
 
 
 def expected_accepted(nodes: int) -> float:
@@ -277,7 +277,12 @@ def prompt_lookup(context: np.ndarray, max_ngram: int = LOOKUP_MAX_NGRAM, min_ng
 
 
 class Drafter:
-    """Per-request drafting policy over a shared `TokenRecycler`."""
+    """Per-request drafting policy over a shared `TokenRecycler`.
+
+    Prompt lookup's chain length adapts per request like HF's assisted-generation heuristic:
+    it starts at `LOOKUP_START` tokens, grows by 2 after a step that accepted the whole chain and
+    shrinks by 1 otherwise, within [1, nodes - 1], so unproductive lookups stop paying for long
+    chains (every node costs forward time on a CPU)."""
 
     MODES = ("off", "token_recycling", "prompt_lookup", "auto")
 
@@ -286,25 +291,36 @@ class Drafter:
         self.recycler = recycler
         self.nodes = max(1, nodes)
         self.template = build_template(self.nodes, recycler.successors)
+        self.lookup_len = min(LOOKUP_START, self.nodes - 1)
+        self._chain = 0  # chain nodes placed in the last tree (indices 1.._chain)
 
     def draft(self, context: np.ndarray, max_depth: int) -> DraftTree:
         """The tree for the next step. `context` ends with the root token; `max_depth` bounds
         how many tokens past the root may still be used (remaining budget of the request)."""
         root = int(context[-1])
+        self._chain = 0
         if self.mode == "off" or max_depth <= 0 or self.nodes == 1:
             return DraftTree.root_only(root)
         if self.mode == "token_recycling":
             return self.recycler.draft(root, self.template, max_depth=max_depth)
-        chain, n = prompt_lookup(context, num_tokens=min(max_depth, self.nodes - 1))
-        if self.mode == "prompt_lookup":
-            b = _TreeBuilder(root, self.nodes)
-            b.add_chain(chain)
-            return b.tree("prompt_lookup")
-        # auto
-        if n < AUTO_MIN_NGRAM or not len(chain):
+        chain, n = prompt_lookup(context, num_tokens=min(max_depth, self.lookup_len))
+        if self.mode == "auto" and n < AUTO_MIN_NGRAM:
             return self.recycler.draft(root, self.template, max_depth=max_depth)
         b = _TreeBuilder(root, self.nodes)
-        b.add_chain(chain[: max(1, min(LOOKUP_TOKENS, self.nodes - 1))])
+        b.add_chain(chain)
+        self._chain = len(b.tokens) - 1
+        if self.mode == "prompt_lookup":
+            return b.tree("prompt_lookup")
         tree = self.recycler.draft(root, self.template, builder=b, max_depth=max_depth)
         tree.source = "auto"
         return tree
+
+    def feedback(self, path: list[int]) -> None:
+        """Tells the drafter which nodes the last verification accepted (root first)."""
+        if not self._chain:
+            return
+        accepted = sum(1 for node in path[1:] if node <= self._chain)
+        if accepted == self._chain:
+            self.lookup_len = min(self.lookup_len + 2, self.nodes - 1)
+        else:
+            self.lookup_len = max(1, self.lookup_len - 1)
