@@ -69,9 +69,14 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	  echo "pytesseract/scikit-image not installed: the OCR evaluation skips what needs them"
 	$(PYTHON) -m bench.run
 	$(PYTHON) -m bench.run --eval
+	$(PYTHON) -m bench.textgen
 
 compose-config: $(STAMP)  ## validate docker-compose.yml offline
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit/test_compose.py
+
+.PHONY: helm-check
+helm-check: $(STAMP)  ## lint, render and validate the Helm chart offline (infra/helm/jobmesh)
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit/test_helm_chart.py
 
 clean:
 	rm -rf shared/gen .pytest_cache .ruff_cache

@@ -236,6 +236,41 @@ class MeshOcr:
 # The mesh, started in-process
 
 
+def claim_db(redis_url: str) -> None:
+    """Empties the benchmark's Redis DB after making sure no other benchmark holds it."""
+    client = redis.Redis.from_url(redis_url)
+    holder = client.get(CLAIM_KEY)
+    if holder is not None:
+        raise RuntimeError(f"{redis_url} is in use by another benchmark "
+                           f"(pid {holder.decode()}); pass --redis-url with another DB")
+    client.flushdb()
+    client.set(CLAIM_KEY, str(os.getpid()), ex=3600)
+
+
+def release(stack, redis_url: str) -> None:
+    """Stops a benchmark mesh's processes and empties its Redis DB (the claim goes with it)."""
+    if stack is not None:
+        stack.stop_all()
+    try:
+        redis.Redis.from_url(redis_url).flushdb()
+    except redis.RedisError:
+        pass
+
+
+def bench_env(redis_url: str, s3_port: int) -> dict[str, str]:
+    """Settings every benchmark mesh shares (quiet JSON logs, its own S3 and model cache)."""
+    return {
+        "JOBMESH_REDIS_URL": redis_url,
+        "JOBMESH_S3_ENDPOINT": f"127.0.0.1:{s3_port}",
+        "JOBMESH_S3_ACCESS_KEY": "bench",
+        "JOBMESH_S3_SECRET_KEY": "benchsecret",
+        "JOBMESH_API_KEYS": f"{API_KEY}={TENANT}:tenant",
+        "JOBMESH_LOG_JSON": "1",
+        "JOBMESH_LOG_LEVEL": "WARNING",
+        "JOBMESH_MODEL_CACHE_DIR": str(Path(tempfile.gettempdir()) / "jobmesh-bench-models"),
+    }
+
+
 @dataclass
 class Mesh:
     """rclone S3 + registry import + one OCR worker + one OCR gateway on a Redis DB of its own."""
@@ -255,25 +290,9 @@ class Mesh:
         from shared.local.stack import LocalStack, free_port
         from shared.models.importer import prepare
 
-        client = redis.Redis.from_url(self.redis_url)
-        holder = client.get(CLAIM_KEY)
-        if holder is not None:
-            raise RuntimeError(f"{self.redis_url} is in use by another benchmark "
-                               f"(pid {holder.decode()}); pass --redis-url with another DB")
-        client.flushdb()
-        client.set(CLAIM_KEY, str(os.getpid()), ex=3600)
+        claim_db(self.redis_url)
         s3_port, gw_port = free_port(), free_port()
-        self.env = {
-            "JOBMESH_REDIS_URL": self.redis_url,
-            "JOBMESH_S3_ENDPOINT": f"127.0.0.1:{s3_port}",
-            "JOBMESH_S3_ACCESS_KEY": "bench",
-            "JOBMESH_S3_SECRET_KEY": "benchsecret",
-            "JOBMESH_API_KEYS": f"{API_KEY}={TENANT}:tenant",
-            "JOBMESH_DIAGNOSTICS": "1",
-            "JOBMESH_LOG_JSON": "1",
-            "JOBMESH_LOG_LEVEL": "WARNING",
-            "JOBMESH_MODEL_CACHE_DIR": str(Path(tempfile.gettempdir()) / "jobmesh-bench-models"),
-        }
+        self.env = {**bench_env(self.redis_url, s3_port), "JOBMESH_DIAGNOSTICS": "1"}
         # No worker /metrics port: the benchmark must not hold a port `make up` wants.
         worker_env = {**self.ocr.worker_env(), "JOBMESH_METRICS_PORT": "0"}
         stack = LocalStack(self.root, self.env)
@@ -302,12 +321,7 @@ class Mesh:
                          for n in ("worker-ocr", "gateway-ocr", "s3"))
 
     def stop(self) -> None:
-        if self.stack is not None:
-            self.stack.stop_all()
-        try:
-            redis.Redis.from_url(self.redis_url).flushdb()
-        except redis.RedisError:
-            pass
+        release(self.stack, self.redis_url)
         if not self.keep_logs:
             shutil.rmtree(self.root, ignore_errors=True)
 

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 from bench import machine
+from bench.textgen_mesh import TextgenMesh, stream_once, stream_summary
 from workers.textgen.decoding import GenerationParams
 from workers.textgen.export import export_model, load_reference_model
 from workers.textgen.session import OrtSession, load_generator
@@ -155,6 +156,26 @@ def summarize(rows: list[dict], greedy_rows: list[dict]) -> dict:
     return out
 
 
+def measure_streaming(redis_url: str, sets: dict, tok, rows: dict, max_new: int) -> dict:
+    """GenerateStream through a mesh of its own, AUTO, each set's prompts one at a time, after
+    the worker has seen the same warm-up prompts as the in-process generators."""
+    mesh = TextgenMesh(redis_url)
+    try:
+        mesh.start()
+        with mesh.client() as client:
+            for prompt in warmup_prompts():
+                stream_once(client, prompt, max_new, "auto")
+            out = {}
+            for set_name, prompts in sets.items():
+                got = [stream_once(client, p, max_new, "auto") for p in prompts]
+                out[set_name] = stream_summary(got, rows[(set_name, "auto")])
+                print(f"  gRPC stream {set_name}: TTFT median {out[set_name]['ttft_median_s']} s",
+                      flush=True)
+        return out
+    finally:
+        mesh.stop()
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.textgen", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -165,6 +186,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--sweep", action="store_true",
                         help="also time Token Recycling per tree size on the code set")
     parser.add_argument("--threads", type=int, default=0, help="ORT/torch threads (0=cores)")
+    parser.add_argument("--no-grpc", action="store_true",
+                        help="skip streaming through the mesh (gRPC time to first token)")
+    parser.add_argument("--redis-url", default="redis://127.0.0.1:6379/6",
+                        help="Redis DB the benchmark mesh may flush (default: %(default)s)")
     parser.add_argument("--no-write", action="store_true", help="print only")
     args = parser.parse_args(argv)
     per_set, max_new = (2, 32) if args.quick else (min(args.per_set, 8), args.max_new_tokens)
@@ -206,6 +231,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  {set_name}: {len(ids)} prompt tokens, " + ", ".join(
                 f"{m} {rows[(set_name, m)][-1]['tokens'] / rows[(set_name, m)][-1]['seconds']:.1f}"
                 for m in OURS) + " tok/s", flush=True)
+    streaming = {} if args.no_grpc else measure_streaming(args.redis_url, sets, tok, rows,
+                                                           max_new)
     modes = list(OURS)
     if not args.no_hf:
         import torch
@@ -260,6 +287,16 @@ def main(argv: list[str] | None = None) -> int:
                 f"| {set_name} | {mode} | {t['tokens_per_s']} | {t['speedup_vs_greedy']} | "
                 f"{t.get('forwards_per_token', '—')} | {t.get('mean_accepted_per_step', '—')} | "
                 f"{t.get('ttft_median_s', '—')} | {t['same_as_greedy']}/{t['prompts']} |")
+    if streaming:
+        lines += ["", "Streaming through the mesh (GenerateStream: client -> gateway -> Celery "
+                  "-> worker -> the job's Redis stream -> client), AUTO, one request at a time, "
+                  "next to the same prompts decoded in-process:", "",
+                  "| set | TTFT gRPC median s | TTFT gRPC max s | TTFT in-process median s | "
+                  "mesh cost ms | tok/s gRPC | = in-process |", "|---|---|---|---|---|---|---|"]
+        lines += [f"| {name} | {s['ttft_median_s']} | {s['ttft_max_s']} | "
+                  f"{s['inproc_ttft_median_s']} | {s.get('mesh_overhead_ms', '—')} | "
+                  f"{s['tokens_per_s']} | {s['same_as_inproc']}/{s['prompts']} |"
+                  for name, s in streaming.items()]
     if sweep:
         lines += ["", "Token Recycling tree size sweep (code set):", "",
                   "| nodes | tok/s | tokens/step |", "|---|---|---|"]
@@ -274,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
             {"machine": facts, "load": load, "max_new_tokens": max_new,
              "cost_curve_s": curve, "tree_nodes": gens["off"].tree_nodes,
              "tree_nodes_optimum": chosen, "table": table,
-             "sweep": sweep}, indent=2) + "\n")
+             "sweep": sweep, "streaming": streaming}, indent=2) + "\n")
     return 0
 
 

@@ -55,6 +55,7 @@ class Settings(BaseSettings):
     shutdown_grace_s: float = Field(default=5.0, ge=0)
     readiness_poll_s: float = Field(default=1.0, gt=0)
     presign_expiry_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
+    janitor_interval_s: float = Field(default=30.0, gt=0)  # artifact and batch expiry sweeps
 
     # Cross-request batching of sync calls at the gateway (1 = off).
     coalesce_max_batch: int = Field(default=8, ge=1, le=256)
@@ -65,6 +66,13 @@ class Settings(BaseSettings):
     retention_s: int = Field(default=7 * 24 * 3600, ge=60)
     max_deliveries: int = Field(default=3, ge=1)
     consumer_ttl_s: float = Field(default=6.0, gt=0)  # a worker is live while its beat is fresher
+
+    # Batch jobs (CreateBatch): manifest limits, chunking, completion window.
+    batch_max_lines: int = Field(default=50_000, ge=1)
+    batch_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)  # the manifest
+    batch_chunk_lines: int = Field(default=16, ge=1, le=10_000)  # lines per worker task
+    batch_window_s: int = Field(default=24 * 3600, ge=1)  # default completion window
+    batch_priority: int = Field(default=9, ge=0, le=9)  # kombu/Redis: 0 first, 9 last
 
     # Workers
     device: str = "cpu"  # queue suffix: cpu | gpu

@@ -112,3 +112,7 @@ def from_dict(d: dict) -> JobmeshError:
         metadata=dict(d.get("metadata", {})),
         code=code,
     )
+
+
+class JobCancelled(Exception):  # noqa: N818 - a signal, not an error a client sees as such
+    """Raised by a job function at a batch boundary once the job is CANCELLING."""

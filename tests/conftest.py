@@ -70,6 +70,7 @@ def _stack_env(root, url):
         "JOBMESH_UNACKED_RESTORE_INTERVAL_S": "1",
         "JOBMESH_CONSUMER_TTL_S": "3",
         "JOBMESH_READINESS_POLL_S": "0.5",
+        "JOBMESH_JANITOR_INTERVAL_S": "1",  # batch expiry within a second of the deadline
         "JOBMESH_MAX_MESSAGE_BYTES": str(4 * 1024 * 1024),
         "JOBMESH_MAX_PAGES": "5",
         "JOBMESH_LOG_JSON": "1",

@@ -12,6 +12,7 @@ from jobmesh.ocr.v1 import ocr_service_pb2_grpc
 
 from services.ocr import convert
 from services.ocr.images import inspect_input
+from shared.batch import methods as batch_methods
 from shared.errors import InvalidArgument, NotFound
 from shared.jobs.convert import job_to_pb, register_result
 from shared.jobs.records import ARTIFACT_EXPIRY_KEY, JobRecord
@@ -25,6 +26,15 @@ UPLOAD_TYPES = ("image/png", "image/jpeg", "image/bmp", "image/tiff", "image/web
 
 register_result(convert.RECOGNIZE_TASK, convert.response_from_result)
 register_result(convert.RECOGNIZE_BATCH_TASK, convert.response_from_result)
+
+
+async def _batch_line(gw, request: pb.RecognizeRequest, tenant: str) -> dict:
+    """A batch line's worker request: what Recognize would send (same checks, same errors)."""
+    return await OcrServicer(gw)._worker_request(request, tenant, store_result=False)
+
+
+batch_methods.register(batch_methods.BatchMethod(
+    "ocr", "Recognize", pb.RecognizeRequest, convert.RECOGNIZE_BATCH_TASK, _batch_line))
 
 
 class OcrServicer(ocr_service_pb2_grpc.OcrServiceServicer):

@@ -10,6 +10,7 @@ from jobmesh.textgen.v1 import textgen_service_pb2 as pb
 from jobmesh.textgen.v1 import textgen_service_pb2_grpc
 
 from services.textgen import convert
+from shared.batch import methods as batch_methods
 from shared.errors import InvalidArgument
 from shared.jobs.convert import job_to_pb, register_result
 from shared.server.interceptors import current_principal
@@ -20,6 +21,16 @@ DOMAIN = "textgen"
 register_result(convert.GENERATE_TASK, convert.response_from_result)
 register_result(convert.GENERATE_BATCH_TASK, convert.response_from_result)
 register_result(convert.SUBMIT_TASK, convert.submit_summary)
+
+
+async def _batch_line(gw, request: pb.GenerateRequest, tenant: str) -> dict:
+    """A batch line's worker request: what Generate would send, without a deadline (a batch
+    line has the batch's completion window instead)."""
+    return convert.generate_request(request)
+
+
+batch_methods.register(batch_methods.BatchMethod(
+    "textgen", "Generate", pb.GenerateRequest, convert.GENERATE_BATCH_TASK, _batch_line))
 
 
 class TextGenerationServicer(textgen_service_pb2_grpc.TextGenerationServiceServicer):

@@ -15,6 +15,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+from shared.cli import batch as cli_batch
 from shared.cli import commands
 from shared.cli.render import Output
 from shared.client import (
@@ -39,6 +40,7 @@ examples:
   jobmesh ocr recognize scan.png
   jobmesh --output json jobs list --state running
   jobmesh jobs wait jobs/0f3c9a --timeout 300
+  jobmesh batch submit scans.jsonl --service ocr
 """
 
 GLOBAL_DEFAULTS = {"endpoint": None, "api_key": None, "env_file": None, "output": "text",
@@ -185,6 +187,54 @@ def build_parser() -> argparse.ArgumentParser:
                  "jobmesh jobs delete jobs/0f3c9a", flags)
     p.add_argument("name", help="job name, jobs/<id>")
 
+    batch = areas.add_parser(
+        "batch", help="batch jobs from JSONL manifests",
+        description="Batch jobs: one method called for every line of a JSONL manifest "
+                    '({"custom_id": "...", "body": {...}} per line, the body being the '
+                    'request as proto-JSON; for OCR also {"custom_id": "...", "file": PATH}).')
+    verbs = batch.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _command(verbs, "submit", cli_batch.batch_submit,
+                 "Create a batch from FILE ('-' reads stdin), show its progress until it is "
+                 "done, and write the output and error JSONL next to FILE (or --results-dir). "
+                 "A manifest with bad lines is refused before any work starts, naming every "
+                 "bad line. Exit 0 if the batch SUCCEEDED (even with failed lines: see the "
+                 "errors file), 1 if it FAILED (e.g. EXPIRED) or was CANCELLED.",
+                 "jobmesh batch submit scans.jsonl --service ocr\n"
+                 "  jobmesh batch submit prompts.jsonl --service textgen --no-wait", flags)
+    p.add_argument("file", metavar="FILE", help="the JSONL manifest")
+    p.add_argument("--service", required=True, choices=sorted(cli_batch.DEFAULT_METHODS),
+                   help="the service every line calls")
+    p.add_argument("--method", default="",
+                   help="its method (default: Recognize for ocr, Generate for textgen)")
+    p.add_argument("--request-id", default="", metavar="ID",
+                   help="idempotency key: a repeat returns the first batch")
+    p.add_argument("--completion-window", type=_positive, default=None, metavar="SECONDS",
+                   help="the batch FAILS with reason EXPIRED if not done by then, keeping "
+                        "finished lines (default: the server's, 24 h)")
+    p.add_argument("--no-wait", action="store_true",
+                   help="print the batch's name and return at once")
+    p.add_argument("--results-dir", metavar="DIR", default=None,
+                   help="where to write <FILE>.<id>.output.jsonl and .errors.jsonl")
+    p.add_argument("--quiet", action="store_true", help="no progress display")
+    for verb, fn, summary, example in (
+            ("watch", cli_batch.batch_watch,
+             "Show a batch's progress until it is done (re-attaches the progress bar); exit "
+             "code as for `jobs wait`.", "jobmesh batch watch jobs/0f3c9a"),
+            ("cancel", cli_batch.batch_cancel,
+             "Cancel a batch: no new chunks start, running ones stop at their next line "
+             "boundary, finished lines are kept in the output file.",
+             "jobmesh batch cancel jobs/0f3c9a"),
+            ("results", cli_batch.batch_results,
+             "Print a finished batch's results as JSONL, one line per custom_id in manifest "
+             "order: {custom_id, line, response} or {custom_id, line, error}.",
+             "jobmesh batch results jobs/0f3c9a > results.jsonl")):
+        p = _command(verbs, verb, fn, summary, example, flags)
+        p.add_argument("name", help="batch name, jobs/<id>")
+        if verb == "watch":
+            p.add_argument("--quiet", action="store_true", help="no progress display")
+        if verb == "results":
+            p.add_argument("--no-errors", action="store_true", help="only lines that succeeded")
+
     models = areas.add_parser("models", help="the model registry",
                               description="The model registry (read-only to tenants).")
     verbs = models.add_subparsers(dest="verb", metavar="VERB", required=True)
@@ -212,7 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     for k, v in GLOBAL_DEFAULTS.items():
         setattr(args, k, getattr(args, k, v))
-    if getattr(args, "request_id", "") and not args.submit:
+    if args.area == "ocr" and args.request_id and not args.submit:
         parser.error("--request-id needs --async (a sync Recognize is not a job)")
     if args.out and not Path(args.out).resolve().parent.is_dir():
         parser.error(f"--out {args.out}: no such directory")

@@ -13,7 +13,13 @@ from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 from google.protobuf import descriptor_pool, message, message_factory
-from jobmesh.jobs.v1 import job_pb2, job_service_pb2, job_service_pb2_grpc
+from jobmesh.jobs.v1 import (
+    batch_service_pb2,
+    batch_service_pb2_grpc,
+    job_pb2,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
 from jobmesh.models.v1 import model_service_pb2, model_service_pb2_grpc
 from jobmesh.ocr.v1 import ocr_service_pb2, ocr_service_pb2_grpc
 from jobmesh.textgen.v1 import textgen_service_pb2 as textgen_pb
@@ -24,6 +30,7 @@ from shared.client.errors import JobmeshClientError
 from shared.client.settings import ClientSettings
 
 DEFAULT_TIMEOUT_S = 60.0
+INLINE_LIMIT = 4 * 1024 * 1024  # manifests above this go through a presigned upload
 WAIT_MARGIN_S = 10.0  # the WaitJob deadline exceeds the wait itself, so the server answers first
 TERMINAL = (job_pb2.JOB_STATE_SUCCEEDED, job_pb2.JOB_STATE_FAILED, job_pb2.JOB_STATE_CANCELLED)
 
@@ -156,6 +163,53 @@ class Client:
         return self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "SubmitRecognize", req,
                           timeout_s).job
 
+    def ocr_upload(self, data: bytes, content_type: str = "application/octet-stream", *,
+                   timeout_s: float | None = None):
+        """Uploads an input too large to send inline (CreateUpload, then a PUT to the presigned
+        URL); returns the ArtifactRef to pass as `image_ref`."""
+        resp = self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "CreateUpload",
+                          ocr_service_pb2.CreateUploadRequest(content_type=content_type,
+                                                              size=len(data)), timeout_s)
+        http_put(resp.upload_url, data, content_type, timeout_s or self.timeout_s)
+        return resp.ref
+
+    # Batches (each service's gateway serves the batches of its methods)
+
+    def create_batch(self, service: str, method: str, manifest: bytes, *, request_id: str = "",
+                     completion_window_s: float | None = None, inline_limit: int = INLINE_LIMIT,
+                     timeout_s: float | None = None) -> job_pb2.Job:
+        """Creates a batch from JSONL `manifest` bytes (`{"custom_id", "body"}` per line): sent
+        inline when small, else uploaded through a presigned URL first. A manifest with bad
+        lines raises INVALID_ARGUMENT with one field violation per line (`line N: ...`)."""
+        stub = batch_service_pb2_grpc.BatchServiceStub
+        req = batch_service_pb2.CreateBatchRequest(request_id=request_id, service=service,
+                                                   method=method)
+        if completion_window_s is not None:
+            req.completion_window.FromNanoseconds(int(completion_window_s * 1e9))
+        if len(manifest) <= inline_limit:
+            req.inline_manifest = manifest
+        else:
+            up = self._call(service, stub, "CreateManifestUpload",
+                            batch_service_pb2.CreateManifestUploadRequest(size=len(manifest)),
+                            timeout_s)
+            http_put(up.upload_url, manifest, "application/jsonl", timeout_s or self.timeout_s)
+            req.input_file.CopyFrom(up.ref)
+        return self._call(service, stub, "CreateBatch", req, timeout_s).job
+
+    def batch_results(self, name: str, service: str = "jobs", *, timeout_s: float | None = None
+                      ) -> tuple[job_pb2.Job, list[dict], list[dict]]:
+        """(job, output lines, error lines) of a batch, downloaded through presigned URLs;
+        both lists are empty until the batch's phase is DONE. Any gateway answers."""
+        import json
+
+        resp = self._call(service, batch_service_pb2_grpc.BatchServiceStub, "GetBatchResults",
+                          batch_service_pb2.GetBatchResultsRequest(name=name), timeout_s)
+        out = []
+        for url in (resp.output_url, resp.error_url):
+            data = http_get(url, timeout_s or self.timeout_s) if url else b""
+            out.append([json.loads(x) for x in data.decode().splitlines() if x.strip()])
+        return resp.job, out[0], out[1]
+
     # Jobs
 
     def _jobs(self, method: str, request: message.Message, timeout_s: float | None = None):
@@ -224,6 +278,30 @@ class Client:
                   ) -> model_service_pb2.Model:
         return self._call("models", model_service_pb2_grpc.ModelServiceStub, "GetModel",
                           model_service_pb2.GetModelRequest(name=name), timeout_s).model
+
+
+def http_put(url: str, data: bytes, content_type: str, timeout_s: float) -> None:
+    import urllib.request
+
+    req = urllib.request.Request(url, data=data, method="PUT",
+                                 headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(req, timeout=timeout_s) as resp:
+            resp.read()
+    except OSError as exc:
+        raise JobmeshClientError(grpc.StatusCode.UNAVAILABLE, f"upload failed: {exc}",
+                                 reason="UPLOAD_FAILED") from None
+
+
+def http_get(url: str, timeout_s: float) -> bytes:
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as resp:
+            return resp.read()
+    except OSError as exc:
+        raise JobmeshClientError(grpc.StatusCode.UNAVAILABLE, f"download failed: {exc}",
+                                 reason="DOWNLOAD_FAILED") from None
 
 
 _SPECULATION = {"off": textgen_pb.SPECULATION_OFF, "auto": textgen_pb.SPECULATION_AUTO,

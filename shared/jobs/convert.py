@@ -77,6 +77,23 @@ def job_to_pb(job: JobRecord) -> job_pb2.Job:
         if to_message is not None and job.result is not None:
             result.response.Pack(to_message(job.result))
         msg.result.CopyFrom(result)
+    if job.batch is not None:
+        msg.batch.CopyFrom(batch_pb(job.batch))
+    return msg
+
+
+def batch_pb(info) -> job_pb2.BatchStatus:
+    meta = info.meta
+    msg = job_pb2.BatchStatus(
+        service=meta.get("service", ""), method=meta.get("method", ""),
+        phase=job_pb2.BatchPhase.Value(f"BATCH_PHASE_{info.phase}"),
+        request_counts=job_pb2.BatchRequestCounts(total=info.total, completed=info.completed,
+                                                  failed=info.failed))
+    if meta.get("deadline"):
+        msg.deadline.CopyFrom(ts(float(meta["deadline"])))
+    for name in ("input_file", "output_file", "error_file"):
+        if meta.get(name):
+            getattr(msg, name).CopyFrom(artifact_pb(meta[name]))
     return msg
 
 

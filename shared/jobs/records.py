@@ -70,7 +70,19 @@ def consumers_key(queue: str) -> str:
     return f"{PREFIX}:consumers:{queue}"
 
 
+def chunks_done_key(job_id: str) -> str:
+    """Set of a batch's chunk indexes whose lines are all recorded."""
+    return f"{PREFIX}:job:{job_id}:chunks"
+
+
+def chunk_deliveries_key(job_id: str) -> str:
+    """Hash chunk index -> how many times a worker received that chunk's task."""
+    return f"{PREFIX}:job:{job_id}:chunk-deliveries"
+
+
 ARTIFACT_EXPIRY_KEY = f"{PREFIX}:artifacts:expiry"
+# Batches by the end of their completion window (score): the gateway janitor expires them.
+BATCH_DEADLINES_KEY = f"{PREFIX}:batches:deadline"
 # Events kept per job: token deltas of a long generation must outlive a slow reader.
 EVENTS_MAXLEN = 20_000
 
@@ -106,6 +118,48 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', 20000, '*', 'type', 'progress')
 return 1
 """
 
+# A batch chunk's lines are recorded. KEYS: job hash, events stream, chunks-done set.
+# ARGV: chunk index, lines completed, lines failed, now. Counts each chunk once, however often
+# its task ran; returns {1|0 (counted now), chunks done}.
+CHUNK_DONE_LUA = """
+if not redis.call('HGET', KEYS[1], 'state') then return {0, 0} end
+if redis.call('SADD', KEYS[3], ARGV[1]) == 0 then return {0, redis.call('SCARD', KEYS[3])} end
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[3], ttl) end
+local c = redis.call('HINCRBY', KEYS[1], 'batch_completed', ARGV[2])
+local f = redis.call('HINCRBY', KEYS[1], 'batch_failed', ARGV[3])
+redis.call('HSET', KEYS[1], 'progress_done', c + f, 'update_time', ARGV[4])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', 20000, '*', 'type', 'progress')
+return {1, redis.call('SCARD', KEYS[3])}
+"""
+
+
+@dataclass
+class BatchInfo:
+    """What a job of kind BATCH adds. `meta` holds the fields fixed at creation (service,
+    method, task, deadline, chunks, input_file) and the files once written (output_file,
+    error_file); the phase and counts are hash fields of their own so workers update them
+    atomically."""
+
+    meta: dict
+    phase: str = "VALIDATING"
+    total: int = 0
+    completed: int = 0
+    failed: int = 0
+
+    def to_hash(self) -> dict[str, str]:
+        return {"batch": json.dumps(self.meta), "batch_phase": self.phase,
+                "batch_total": str(self.total), "batch_completed": str(self.completed),
+                "batch_failed": str(self.failed)}
+
+    @classmethod
+    def from_hash(cls, h: dict[str, str]) -> BatchInfo | None:
+        if not h.get("batch"):
+            return None
+        return cls(json.loads(h["batch"]), h.get("batch_phase", "VALIDATING"),
+                   int(h.get("batch_total", 0)), int(h.get("batch_completed", 0)),
+                   int(h.get("batch_failed", 0)))
+
 
 @dataclass
 class JobRecord:
@@ -130,6 +184,7 @@ class JobRecord:
     error: dict | None = None
     result: dict | None = None
     artifacts: list[dict] = field(default_factory=list)
+    batch: BatchInfo | None = None
 
     @property
     def done(self) -> bool:
@@ -149,6 +204,7 @@ class JobRecord:
             "progress_done": str(self.progress_done), "progress_total": str(self.progress_total),
             "progress_message": self.progress_message,
             "artifacts": json.dumps(self.artifacts),
+            **(self.batch.to_hash() if self.batch is not None else {}),
         }
 
     @classmethod
@@ -168,6 +224,7 @@ class JobRecord:
             error=json.loads(h["error"]) if h.get("error") else None,
             result=json.loads(h["result"]) if h.get("result") else None,
             artifacts=json.loads(h.get("artifacts", "[]")),
+            batch=BatchInfo.from_hash(h),
         )
 
 

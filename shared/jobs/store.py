@@ -27,7 +27,8 @@ class JobStore:
         self._transition = redis.register_script(r.TRANSITION_LUA)
 
     async def create(self, *, tenant: str, domain: str, method: str, queue: str,
-                     request_id: str = "", kind: str = "SINGLE") -> tuple[JobRecord, bool]:
+                     request_id: str = "", kind: str = "SINGLE",
+                     batch: r.BatchInfo | None = None) -> tuple[JobRecord, bool]:
         """Creates a QUEUED job; returns (job, created). With a `request_id` already used by this
         tenant, returns the first job and created=False (AIP-155)."""
         job_id = uuid.uuid4().hex
@@ -43,7 +44,7 @@ class JobStore:
         job = JobRecord(id=job_id, tenant=tenant, domain=domain, method=method, queue=queue,
                         kind=kind, request_id=request_id, create_time=t, update_time=t,
                         expire_time=t + self.retention_s,
-                        transitions=[(State.QUEUED.value, t)])
+                        transitions=[(State.QUEUED.value, t)], batch=batch)
         key = r.job_key(job_id)
         async with self.redis.pipeline(transaction=True) as p:
             p.hset(key, mapping=job.to_hash())
@@ -90,8 +91,10 @@ class JobStore:
     async def delete(self, job_id: str, tenant: str) -> JobRecord:
         job = await self.require(job_id, tenant)
         async with self.redis.pipeline(transaction=True) as p:
-            p.delete(r.job_key(job_id), r.events_key(job_id))
+            p.delete(r.job_key(job_id), r.events_key(job_id), r.chunks_done_key(job_id),
+                     r.chunk_deliveries_key(job_id))
             p.zrem(r.tenant_index_key(tenant), job_id)
+            p.zrem(r.BATCH_DEADLINES_KEY, job_id)
             if job.request_id:
                 p.delete(r.idempotency_key(tenant, job.request_id))
             p.hincrby(r.counts_key(job.domain), job.state.value, -1)

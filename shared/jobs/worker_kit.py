@@ -22,18 +22,15 @@ from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
 
 from shared import logs, metrics
+from shared.batch.runner import CHUNK_TASK, ChunkRunner, LineFunction
 from shared.config import Settings
-from shared.errors import DeadlineExceeded, Internal, JobmeshError
+from shared.errors import DeadlineExceeded, Internal, JobCancelled, JobmeshError
 from shared.jobs.consumers import Heartbeat
 from shared.jobs.records import JobRecord, State
 from shared.jobs.worker_store import WorkerJobStore
 from shared.storage.artifacts import ArtifactRef, ArtifactStore, tenant_key
 
 log = logging.getLogger(__name__)
-
-
-class JobCancelled(Exception):
-    """Raised by a job function at a batch boundary once the job is CANCELLING."""
 
 
 @dataclass
@@ -75,6 +72,19 @@ class JobContext:
         return ref
 
 
+class LineContext(JobContext):
+    """A batch line's context: the batch's record (cancel checks see the batch), but no
+    progress of its own (the batch counts recorded chunks) and no artifacts (the line's
+    response goes to the batch's output file)."""
+
+    def progress(self, done: int, total: int, message: str = "") -> None:
+        pass
+
+    def put_artifact(self, name: str, data: bytes, content_type: str) -> ArtifactRef:
+        raise JobmeshError("batch lines return their response; they do not write artifacts",
+                           reason="FAILED_PRECONDITION", code=grpc.StatusCode.FAILED_PRECONDITION)
+
+
 JobFunction = Callable[[JobContext, dict], dict]
 # One result dict or JobmeshError per context, in order.
 BatchFunction = Callable[[list[JobContext], list[dict]], list]
@@ -99,6 +109,9 @@ class WorkerKit:
         self._store: WorkerJobStore | None = None
         self._artifacts: ArtifactStore | None = None
         self._heartbeat: Heartbeat | None = None
+        # Batch functions by task name: CreateBatch chunks run their lines with them.
+        self.line_functions: dict[str, LineFunction] = {}
+        self._register_chunk_task()
         signals.worker_ready.connect(self._on_ready, weak=False)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False)
 
@@ -141,12 +154,17 @@ class WorkerKit:
 
         return register
 
-    def batch_task(self, name: str) -> Callable[[BatchFunction], object]:
+    def batch_task(self, name: str, response: Callable | None = None
+                   ) -> Callable[[BatchFunction], object]:
         """Registers `fn(ctxs, requests) -> [result | JobmeshError, ...]` as the Celery task
         `name`, for messages that carry several jobs (`{"jobs": [{"job_id", "request"}, ...]}`,
-        sent by the gateway's coalescer). One result or error per job, in order."""
+        sent by the gateway's coalescer). One result or error per job, in order. The same
+        function runs the lines of batch jobs (CreateBatch) whose method names this task;
+        `response(result) -> message` makes their output lines proto-JSON."""
 
         def register(fn: BatchFunction):
+            self.line_functions[name] = LineFunction(fn, response)
+
             @self.app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)
             def _task(task_self, envelope: dict):
                 return self.run_batch(name, fn, envelope)
@@ -154,6 +172,16 @@ class WorkerKit:
             return _task
 
         return register
+
+    def _register_chunk_task(self) -> None:
+        @self.app.task(name=CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
+        def _chunk(task_self, envelope: dict):
+            store = self.store()
+            logs.job_id_var.set(str(envelope.get("job_id", "")))
+            runner = ChunkRunner(store, self.artifacts(), self.settings,
+                                 lambda job: LineContext(job, store, self.settings,
+                                                         self.artifacts))
+            runner.run(envelope, self.line_functions)
 
     def run(self, name: str, fn: JobFunction, envelope: dict) -> None:
         job = self._admit(name, str(envelope.get("job_id", "")), envelope)

@@ -17,6 +17,7 @@ class WorkerJobStore:
         self.redis = client
         self._transition = client.register_script(r.TRANSITION_LUA)
         self._progress = client.register_script(r.PROGRESS_LUA)
+        self._chunk_done = client.register_script(r.CHUNK_DONE_LUA)
 
     def get(self, job_id: str) -> JobRecord | None:
         h = self.redis.hgetall(r.job_key(job_id))
@@ -46,6 +47,46 @@ class WorkerJobStore:
         self.redis.xadd(r.events_key(job_id), {"type": "delta", "text": text,
                                                "token_ids": json.dumps(token_ids)},
                         maxlen=r.EVENTS_MAXLEN, approximate=True)
+
+    # -- batches ---------------------------------------------------------------------------
+    def count_chunk_delivery(self, job_id: str, chunk: int) -> int:
+        """Increments and returns how many times a worker has received this chunk's task."""
+        key = r.chunk_deliveries_key(job_id)
+        n = int(self.redis.hincrby(key, str(chunk), 1))
+        ttl = self.redis.pttl(r.job_key(job_id))
+        if ttl > 0:
+            self.redis.pexpire(key, ttl)
+        return n
+
+    def chunk_recorded(self, job_id: str, chunk: int) -> bool:
+        return bool(self.redis.sismember(r.chunks_done_key(job_id), str(chunk)))
+
+    def chunks_recorded(self, job_id: str) -> int:
+        return int(self.redis.scard(r.chunks_done_key(job_id)))
+
+    def recorded_chunks(self, job_id: str) -> set[int]:
+        return {int(r._s(m)) for m in self.redis.smembers(r.chunks_done_key(job_id))}
+
+    def record_chunk(self, job_id: str, chunk: int, completed: int, failed: int) -> bool:
+        """Counts the chunk's lines once; False when it was already counted."""
+        res = self._chunk_done(keys=[r.job_key(job_id), r.events_key(job_id),
+                                     r.chunks_done_key(job_id)],
+                               args=[chunk, completed, failed, repr(r.now())])
+        return bool(res[0])
+
+    def set_batch_phase(self, job_id: str, phase: str) -> None:
+        self.redis.hset(r.job_key(job_id), "batch_phase", phase)
+
+    def finish_batch(self, job_id: str, meta: dict, counts: dict) -> None:
+        """Records the result files and the final counts (phase DONE) before the state moves,
+        so whoever sees the terminal state also sees the files."""
+        if not self.redis.exists(r.job_key(job_id)):
+            return  # deleted meanwhile: do not recreate a partial record
+        self.redis.hset(r.job_key(job_id), mapping={
+            "batch": json.dumps(meta), "batch_phase": "DONE",
+            "batch_completed": counts["completed"], "batch_failed": counts["failed"],
+            "progress_done": counts["completed"] + counts["failed"]})
+        self.redis.zrem(r.BATCH_DEADLINES_KEY, job_id)
 
     def dead_letter(self, queue: str, job_id: str, task: str, envelope: dict) -> None:
         """Parks the message for an operator; kept as long as job records are."""

@@ -52,6 +52,7 @@ class Gateway:
     health: health.aio.HealthServicer = field(default_factory=health.aio.HealthServicer)
     queue_services: list[str] = field(default_factory=list)  # NOT_SERVING without consumers
     _tasks: list[asyncio.Task] = field(default_factory=list)
+    _sync_store: object = None
 
     @classmethod
     def from_settings(cls, domain: str, settings: Settings) -> Gateway:
@@ -73,9 +74,10 @@ class Gateway:
     def create_server(self, address: str) -> tuple[grpc.aio.Server, int]:
         """Builds the server with interceptors, size limits, JobService, ModelService, health
         and reflection; returns it with the bound port (bind port 0 in tests)."""
-        from jobmesh.jobs.v1 import job_service_pb2_grpc
+        from jobmesh.jobs.v1 import batch_service_pb2_grpc, job_service_pb2_grpc
         from jobmesh.models.v1 import model_service_pb2_grpc
 
+        from shared.batch.service import BatchServicer
         from shared.jobs.service import JobServicer
         from shared.models.service import ModelServicer
 
@@ -86,6 +88,7 @@ class Gateway:
                      ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])
         job_service_pb2_grpc.add_JobServiceServicer_to_server(JobServicer(self), server)
+        batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(self), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         port = server.add_insecure_port(address)
@@ -96,11 +99,13 @@ class Gateway:
     async def start(self, server: grpc.aio.Server, services: list[str]) -> None:
         """Enables reflection, starts serving, and starts readiness and janitor loops.
         `services` are the domain services that need a live worker to be SERVING."""
-        names = [*services, "jobmesh.jobs.v1.JobService", "jobmesh.models.v1.ModelService",
-                 health.SERVICE_NAME, reflection.SERVICE_NAME]
+        names = [*services, "jobmesh.jobs.v1.JobService", "jobmesh.jobs.v1.BatchService",
+                 "jobmesh.models.v1.ModelService", health.SERVICE_NAME,
+                 reflection.SERVICE_NAME]
         reflection.enable_server_reflection(names, server)
         self.queue_services = list(services)
-        for name in ("jobmesh.jobs.v1.JobService", "jobmesh.models.v1.ModelService"):
+        for name in ("jobmesh.jobs.v1.JobService", "jobmesh.jobs.v1.BatchService",
+                     "jobmesh.models.v1.ModelService"):
             await self.health.set(name, SERVING)
         await self._update_readiness()
         await server.start()
@@ -138,9 +143,14 @@ class Gateway:
 
     async def _janitor_loop(self) -> None:
         """Deletes artifacts whose jobs passed their retention (S3 servers without lifecycle
-        rules, like rclone, need this; MinIO lifecycle rules would also do)."""
+        rules, like rclone, need this; MinIO lifecycle rules would also do), and ends batches
+        whose completion window passed."""
         while True:
-            await asyncio.sleep(30)
+            await asyncio.sleep(self.settings.janitor_interval_s)
+            try:
+                await self.expire_batches()
+            except Exception as exc:
+                log.warning("batch expiry failed", extra={"error": str(exc)})
             try:
                 expired = await self.redis.zrangebyscore(ARTIFACT_EXPIRY_KEY, "-inf",
                                                          time.time(), start=0, num=100)
@@ -150,6 +160,31 @@ class Gateway:
                     await self.redis.zrem(ARTIFACT_EXPIRY_KEY, member)
             except Exception as exc:
                 log.warning("artifact janitor failed", extra={"error": str(exc)})
+
+
+    async def expire_batches(self) -> int:
+        """FAILS (reason EXPIRED) the batches past their completion window, keeping the lines
+        already recorded; returns how many it ended. Any gateway may do it: the state
+        transition is validated, so two gateways racing end a batch once."""
+        from shared.batch.runner import finalize
+        from shared.jobs.records import BATCH_DEADLINES_KEY
+        from shared.jobs.worker_store import WorkerJobStore
+
+        due = await self.redis.zrangebyscore(BATCH_DEADLINES_KEY, "-inf", time.time(),
+                                             start=0, num=20)
+        if not due:
+            return 0
+        if self._sync_store is None:  # finalize is the worker's synchronous code
+            import redis as sync_redis
+
+            self._sync_store = WorkerJobStore(sync_redis.Redis.from_url(self.settings.redis_url))
+        ended = 0
+        for member in due:
+            job_id = member.decode()
+            ended += await asyncio.to_thread(finalize, self._sync_store, self.artifacts,
+                                             self.settings, job_id, expired=True)
+            await self.redis.zrem(BATCH_DEADLINES_KEY, member)
+        return ended
 
 
 async def serve(gw: Gateway, server: grpc.aio.Server, port: int, services: list[str]) -> None:

@@ -137,3 +137,30 @@ def test_submit_generate_job_writes_jsonl_with_per_item_errors(tg, textgen_chann
     rows = {r["custom_id"]: r for r in map(json.loads, raw.decode().splitlines())}
     assert rows["a"]["response"]["text"] and rows["c"]["response"]["text"]
     assert rows["b"]["error"]["code"] == "INVALID_ARGUMENT"
+
+
+def test_batch_of_prompts_matches_generate(tg, textgen_stack):
+    """CreateBatch on the textgen gateway: each line's response is what Generate returns for the
+    same request (greedy), and a line over the context window fails alone at the worker."""
+    from shared.client import Client, ClientSettings
+    from tests.conftest import TENANT_KEY
+
+    prompts = ["1, 2, 3, 4,", "The capital of France is", "def add(a, b):"]
+    lines = [{"custom_id": f"p{k}", "body": {"prompt": p, "parameters": {"maxNewTokens": 8}}}
+             for k, p in enumerate(prompts)]
+    lines.append({"custom_id": "too-long", "body": {
+        "prompt": "word " * 9000, "parameters": {"maxNewTokens": 8}}})
+    data = ("\n".join(json.dumps(x) for x in lines) + "\n").encode()
+    with Client(ClientSettings(endpoint=textgen_stack, api_key=TENANT_KEY), timeout_s=120) as c:
+        job = c.create_batch("textgen", "Generate", data)
+        job = c.wait_job(job.name, timeout_s=120)
+        assert job.state == job_pb2.JOB_STATE_SUCCEEDED, job
+        assert (job.batch.request_counts.completed, job.batch.request_counts.failed) == (3, 1)
+        _, ok, bad = c.batch_results(job.name)
+    for row in ok:
+        k = int(row["custom_id"][1:])
+        want = tg.Generate(pb.GenerateRequest(prompt=prompts[k], parameters=pb.GenerationParameters(
+            max_new_tokens=8, speculation=pb.SPECULATION_OFF)), metadata=auth(), timeout=60)
+        assert [int(t) for t in row["response"]["tokenIds"]] == list(want.token_ids)
+    assert [(e["custom_id"], e["error"]["code"]) for e in bad] == [("too-long",
+                                                                   "INVALID_ARGUMENT")]

@@ -12,6 +12,7 @@ from celery import signals
 from pydantic import Field
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.ocr import convert as ocr_convert
 from shared.config import Settings
 from shared.errors import InvalidArgument, JobmeshError
 from shared.jobs.celery_app import make_celery
@@ -206,8 +207,10 @@ def recognize(ctx: JobContext, request: dict) -> dict:
     return outcome
 
 
-# Sync requests coalesced by the gateway arrive here, several jobs per message.
-kit.batch_task("jobmesh.ocr.v1.recognize_batch")(recognize_many)
+# Sync requests coalesced by the gateway arrive here, several jobs per message; batch jobs'
+# chunks run their lines with it too (their output lines are RecognizeResponse as proto-JSON).
+kit.batch_task("jobmesh.ocr.v1.recognize_batch",
+               response=ocr_convert.response_from_result)(recognize_many)
 
 
 if settings.diagnostics:

@@ -9,7 +9,10 @@ import os
 import time
 
 from celery import signals
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from services.textgen import convert as textgen_convert
 from shared.config import Settings
 from shared.errors import InvalidArgument, JobmeshError
 from shared.jobs.celery_app import make_celery
@@ -23,7 +26,21 @@ from workers.textgen.tokenizer import InvalidGenerationParam, TextTokenizer
 
 log = logging.getLogger(__name__)
 
+
+
+class TextgenSettings(BaseSettings):
+    """`JOBMESH_TEXTGEN_*`: the text generation worker's own knobs."""
+
+    model_config = SettingsConfigDict(env_prefix="JOBMESH_TEXTGEN_", extra="ignore",
+                                      frozen=True)
+
+    # Draft tree nodes per verification step. 0: measure the forward cost curve on this device
+    # when a worker process starts (~3 s) and size the tree from it (speculation.size_tree).
+    tree_nodes: int = Field(default=0, ge=0, le=256)
+
+
 settings = Settings()
+textgen_settings = TextgenSettings()
 app = make_celery("jobmesh-textgen-worker", settings)
 kit = WorkerKit(app, "textgen", settings)
 _models: ServedModels | None = None
@@ -49,7 +66,8 @@ def engine() -> Generator:
         folder = runner.path.parent
         config = json.loads((folder / "generation.json").read_text())
         tokenizer = TextTokenizer(folder / "tokenizer.json", config)
-        _engine = (runner, Generator(runner, tokenizer, config))
+        _engine = (runner, Generator(runner, tokenizer, config,
+                                     tree_nodes=textgen_settings.tree_nodes or None))
     return _engine[1]
 
 
@@ -63,6 +81,11 @@ def _warm_up(**_) -> None:
         gen = engine()
         gen.generate(gen.tokenizer.encode("Hello"), GenerationParams(max_new_tokens=2,
                                                                      speculation="off"))
+        if not textgen_settings.tree_nodes:
+            curve = gen.calibrate(repeats=3)
+            log.info("draft tree sized on this device", extra={
+                "tree_nodes": gen.tree_nodes, "pid": os.getpid(),
+                "cost_curve": {n: round(t / curve[1], 2) for n, t in curve.items()}})
     except Exception as exc:  # the first job reports the real error
         log.warning("warm-up failed", extra={"error": str(exc), "pid": os.getpid()})
 
@@ -134,7 +157,8 @@ def generate(ctx: JobContext, request: dict) -> dict:
     return _result(r)
 
 
-@kit.batch_task("jobmesh.textgen.v1.generate_batch")
+@kit.batch_task("jobmesh.textgen.v1.generate_batch",
+                response=textgen_convert.response_from_result)
 def generate_batch(ctxs: list[JobContext], requests: list[dict]) -> list:
     """Coalesced sync requests. One request decodes alone (with speculation); several decode
     in one batched forward per step (speculation off inside a batch: it is per-row work that a
