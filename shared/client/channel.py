@@ -25,7 +25,10 @@ RETRY_POLICY = {
     "retryableStatusCodes": ["UNAVAILABLE"],
 }
 
-SERVICE_CONFIG = json.dumps({"methodConfig": [{"name": RETRYABLE, "retryPolicy": RETRY_POLICY}]})
+# round_robin: behind a headless Service (infra/helm) DNS returns every gateway pod, and calls
+# spread over all of them instead of pinning to the first (gRPC's default, pick_first).
+SERVICE_CONFIG = json.dumps({"loadBalancingConfig": [{"round_robin": {}}],
+                             "methodConfig": [{"name": RETRYABLE, "retryPolicy": RETRY_POLICY}]})
 USER_AGENT = "jobmesh-client/0.1"
 
 

@@ -38,6 +38,12 @@ SERVING = health_pb2.HealthCheckResponse.SERVING
 NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
 
 
+def priority_lists(queue: str) -> list[str]:
+    """The Redis lists kombu keeps for one queue: priority 0 under the queue's own name, the
+    other steps (3, 6, 9; batch chunks use 9) under `<queue>\\x06\\x16<step>`."""
+    return [queue] + [f"{queue}\x06\x16{step}" for step in (3, 6, 9)]
+
+
 @dataclass
 class Gateway:
     domain: str
@@ -124,7 +130,8 @@ class Gateway:
         try:
             live = await self.dispatcher.live(self.domain, max_age_s=0)
             for queue in self.dispatcher.queues(self.domain):
-                metrics.QUEUE_DEPTH.labels(queue=queue).set(await self.redis.llen(queue))
+                depth = sum([await self.redis.llen(name) for name in priority_lists(queue)])
+                metrics.QUEUE_DEPTH.labels(queue=queue).set(depth)
             for state, n in (await self.store.counts(self.domain)).items():
                 metrics.JOBS.labels(domain=self.domain, state=state).set(n)
         except Exception as exc:  # Redis down: not ready, and say why once per poll
