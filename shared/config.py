@@ -57,6 +57,11 @@ class Settings(BaseSettings):
     presign_expiry_s: int = Field(default=900, ge=1, le=7 * 24 * 3600)
     janitor_interval_s: float = Field(default=30.0, gt=0)  # artifact and batch expiry sweeps
 
+    # Audio inputs (checked from the header at the gateway, again while decoding at the worker)
+    audio_max_seconds: float = Field(default=4 * 3600.0, gt=0)
+    audio_min_rate: int = Field(default=4000, ge=1000)
+    audio_max_rate: int = Field(default=384_000, ge=8000)
+
     # Cross-request batching of sync calls at the gateway (1 = off).
     coalesce_max_batch: int = Field(default=8, ge=1, le=256)
     coalesce_delay_ms: float = Field(default=5.0, ge=0, le=1000)

@@ -133,6 +133,20 @@ def textgen_stack(stack):
     return f"127.0.0.1:{port}"
 
 
+@pytest.fixture(scope="session")
+def audio_stack(stack):
+    """YAMNet and silero VAD registered in the test registry, an audio gateway and worker."""
+    from shared.config import Settings
+    from workers.audio.models import prepare
+
+    prepare(Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()}))
+    port = free_port()
+    stack.start_worker("audio")
+    stack.start_gateway("audio", port)
+    stack.wait_consumers("audio.cpu", timeout=120)
+    return f"127.0.0.1:{port}"
+
+
 @pytest.fixture
 def textgen_channel(textgen_stack):
     with grpc.insecure_channel(textgen_stack) as ch:

@@ -35,7 +35,7 @@ class BatchMethod:
 _METHODS: dict[tuple[str, str], BatchMethod] = {}
 
 # Every batchable method of the mesh, for error messages on a gateway that does not serve it.
-KNOWN = {"ocr": ("Recognize",), "textgen": ("Generate",)}
+KNOWN = {"ocr": ("Recognize",), "textgen": ("Generate",), "audio": ("Tag", "DetectSpeech")}
 
 
 def register(method: BatchMethod) -> None:

@@ -1,10 +1,10 @@
 """`jobmesh batch submit|watch|cancel|results`: batch jobs from a JSONL manifest.
 
 A manifest line is `{"custom_id": "...", "body": {...}}` (the method's request as proto-JSON),
-or, for file-input methods (OCR), `{"custom_id": "...", "file": "PATH"}`: the CLI reads the file
-(relative paths are relative to the manifest) and writes the body itself, inline when the file is
-small and uploaded through a presigned URL when it is not. Lines it cannot read are reported
-with their line numbers before anything is sent."""
+or, for file-input methods (OCR, audio), `{"custom_id": "...", "file": "PATH"}`: the CLI reads
+the file (relative paths are relative to the manifest) and writes the body itself, inline when
+the file is small and uploaded through a presigned URL when it is not. Lines it cannot read are
+reported with their line numbers before anything is sent."""
 
 from __future__ import annotations
 
@@ -22,8 +22,9 @@ from shared.cli.commands import OK, UsageError, _fail, _finished
 from shared.cli.render import Output
 from shared.client import Client
 
-DEFAULT_METHODS = {"ocr": "Recognize", "textgen": "Generate"}
-FILE_FIELDS = {"ocr": ("image", "imageRef")}  # inline bytes field, by-reference field
+DEFAULT_METHODS = {"ocr": "Recognize", "textgen": "Generate", "audio": "Tag"}
+# service -> (inline bytes field, by-reference field) for `file` lines
+FILE_FIELDS = {"ocr": ("image", "imageRef"), "audio": ("audio", "audioRef")}
 INLINE_FILE_LIMIT = 1024 * 1024  # files above this are uploaded, not inlined
 PHASES = {v: k.removeprefix("BATCH_PHASE_").lower().replace("_", " ")
           for k, v in job_pb2.BatchPhase.items()}
@@ -61,7 +62,7 @@ def build_manifest(client: Client, path: str, service: str, timeout_s: float | N
         if len(data) <= INLINE_FILE_LIMIT:
             body[inline] = base64.b64encode(data).decode()
         else:
-            ref = client.ocr_upload(data, timeout_s=timeout_s)
+            ref = client.upload(service, data, timeout_s=timeout_s)
             body[by_ref] = render.as_dict(ref)
         out.append(json.dumps({**obj, "body": body}, ensure_ascii=False))
     if problems:

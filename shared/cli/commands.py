@@ -162,3 +162,40 @@ def _generation_json(resp) -> dict:
                       "forward_passes": u.forward_passes,
                       "accepted_draft_tokens": u.accepted_draft_tokens},
             "model_version": resp.model_version}
+
+
+def audio_tag(client: Client, args: Namespace, out: Output) -> int:
+    files = [(path, _read(path)) for path in args.files]
+    for n, (path, data) in enumerate(files, start=1):
+        resp = client.audio_tag(data, top_k=args.top_k, segments=args.segments,
+                                model=args.model, timeout_s=args.timeout)
+        if args.output == "json":
+            out.write(render.json_doc({"file": path, "response": render.as_dict(resp)},
+                                      compact=len(files) > 1))
+            continue
+        rows = [f"{c.score:6.3f}  {c.label}" for c in resp.top]
+        for seg in resp.segments:
+            best = seg.top[0] if seg.top else None
+            rows.append(f"  {seg.start_seconds:8.2f}-{seg.end_seconds:<8.2f} "
+                        f"{best.label if best else '-'} {best.score if best else 0:.3f}")
+        head = f"{'' if n == 1 else chr(10)}==> {path} <==\n" if len(files) > 1 else ""
+        out.write(head + "\n".join(rows))
+    return OK
+
+
+def audio_vad(client: Client, args: Namespace, out: Output) -> int:
+    files = [(path, _read(path)) for path in args.files]
+    for n, (path, data) in enumerate(files, start=1):
+        resp = client.audio_detect_speech(data, threshold=args.threshold,
+                                          min_speech_ms=args.min_speech_ms,
+                                          min_silence_ms=args.min_silence_ms,
+                                          timeout_s=args.timeout)
+        if args.output == "json":
+            out.write(render.json_doc({"file": path, "response": render.as_dict(resp)},
+                                      compact=len(files) > 1))
+            continue
+        rows = [f"{s.start_seconds:8.2f}  {s.end_seconds:8.2f}" for s in resp.segments]
+        rows.append(f"speech {resp.speech_seconds:.2f} s of {resp.info.duration_seconds:.2f} s")
+        head = f"{'' if n == 1 else chr(10)}==> {path} <==\n" if len(files) > 1 else ""
+        out.write(head + "\n".join(rows))
+    return OK

@@ -128,6 +128,30 @@ def build_parser() -> argparse.ArgumentParser:
                    help="idempotency key for --async (a repeat returns the first job); with "
                         "several files the n-th file uses ID-n")
 
+    au = areas.add_parser("audio", help="sound tagging and voice activity",
+                          description="Audio: sound tagging (YAMNet, 521 AudioSet classes) and "
+                                      "voice activity (silero VAD). Files: WAV, FLAC, Ogg, MP3.")
+    verbs = au.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _command(verbs, "tag", commands.audio_tag,
+                 "Tag the sounds of audio files: the top classes by mean score over the clip "
+                 "(score and label per line); --segments adds the best class of every 0.96 s "
+                 "window.", "jobmesh audio tag doorbell.ogg --top-k 3 --segments", flags)
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio file(s) ('-' reads stdin)")
+    p.add_argument("--top-k", type=_count, default=0, metavar="K",
+                   help="classes to print (default: the server's, 5)")
+    p.add_argument("--segments", action="store_true", help="also per-window classes")
+    p.add_argument("--model", default="", help="tagger by registry name (default yamnet)")
+    p = _command(verbs, "vad", commands.audio_vad,
+                 "Find where speech is: one `start end` line (seconds) per segment, then the "
+                 "total.", "jobmesh audio vad meeting.flac --min-silence-ms 300", flags)
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio file(s) ('-' reads stdin)")
+    p.add_argument("--threshold", type=float, default=0.0, metavar="P",
+                   help="speech probability threshold, 0..1 (default: the server's, 0.5)")
+    p.add_argument("--min-speech-ms", type=_count, default=0, metavar="MS",
+                   help="drop shorter speech (default 250)")
+    p.add_argument("--min-silence-ms", type=_count, default=0, metavar="MS",
+                   help="shorter pauses do not split a segment (default 100)")
+
     tg = areas.add_parser("textgen", help="text generation",
                           description="Text generation (SmolLM2, lossless speculative "
                                       "decoding).")
@@ -191,7 +215,8 @@ def build_parser() -> argparse.ArgumentParser:
         "batch", help="batch jobs from JSONL manifests",
         description="Batch jobs: one method called for every line of a JSONL manifest "
                     '({"custom_id": "...", "body": {...}} per line, the body being the '
-                    'request as proto-JSON; for OCR also {"custom_id": "...", "file": PATH}).')
+                    'request as proto-JSON; for OCR and audio also '
+                    '{"custom_id": "...", "file": PATH}).')
     verbs = batch.add_subparsers(dest="verb", metavar="VERB", required=True)
     p = _command(verbs, "submit", cli_batch.batch_submit,
                  "Create a batch from FILE ('-' reads stdin), show its progress until it is "

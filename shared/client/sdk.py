@@ -13,6 +13,8 @@ from collections.abc import Callable, Iterable, Iterator
 
 import grpc
 from google.protobuf import descriptor_pool, message, message_factory
+from jobmesh.audio.v1 import audio_service_pb2 as audio_pb
+from jobmesh.audio.v1 import audio_service_pb2_grpc
 from jobmesh.jobs.v1 import (
     batch_service_pb2,
     batch_service_pb2_grpc,
@@ -163,15 +165,37 @@ class Client:
         return self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "SubmitRecognize", req,
                           timeout_s).job
 
-    def ocr_upload(self, data: bytes, content_type: str = "application/octet-stream", *,
-                   timeout_s: float | None = None):
-        """Uploads an input too large to send inline (CreateUpload, then a PUT to the presigned
-        URL); returns the ArtifactRef to pass as `image_ref`."""
-        resp = self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "CreateUpload",
-                          ocr_service_pb2.CreateUploadRequest(content_type=content_type,
-                                                              size=len(data)), timeout_s)
+    def upload(self, service: str, data: bytes, content_type: str = "application/octet-stream",
+               *, timeout_s: float | None = None):
+        """Uploads an input too large to send inline to `service` (`ocr` or `audio`:
+        CreateUpload, then a PUT to the presigned URL); returns the ArtifactRef to pass as
+        `image_ref` / `audio_ref`."""
+        stub, pb = {"ocr": (ocr_service_pb2_grpc.OcrServiceStub, ocr_service_pb2),
+                    "audio": (audio_service_pb2_grpc.AudioServiceStub, audio_pb)}[service]
+        resp = self._call(service, stub, "CreateUpload",
+                          pb.CreateUploadRequest(content_type=content_type, size=len(data)),
+                          timeout_s)
         http_put(resp.upload_url, data, content_type, timeout_s or self.timeout_s)
         return resp.ref
+
+    # Audio
+
+    def audio_tag(self, audio: bytes, *, top_k: int = 0, segments: bool = False,
+                  model: str = "", timeout_s: float | None = None) -> audio_pb.TagResponse:
+        """Tags the sounds of one encoded file (top_k 0 = the server's default, 5)."""
+        req = audio_pb.TagRequest(audio=audio, top_k=top_k, segments=segments, model=model)
+        return self._call("audio", audio_service_pb2_grpc.AudioServiceStub, "Tag", req,
+                          timeout_s)
+
+    def audio_detect_speech(self, audio: bytes, *, threshold: float = 0.0,
+                            min_speech_ms: int = 0, min_silence_ms: int = 0,
+                            timeout_s: float | None = None) -> audio_pb.DetectSpeechResponse:
+        """Speech segments of one encoded file (zero values = the server's defaults)."""
+        req = audio_pb.DetectSpeechRequest(audio=audio, threshold=threshold,
+                                           min_speech_ms=min_speech_ms,
+                                           min_silence_ms=min_silence_ms)
+        return self._call("audio", audio_service_pb2_grpc.AudioServiceStub, "DetectSpeech",
+                          req, timeout_s)
 
     # Batches (each service's gateway serves the batches of its methods)
 

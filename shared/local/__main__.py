@@ -7,7 +7,8 @@
 
 Uses the Redis at JOBMESH_REDIS_URL (default 127.0.0.1:6379, DB 5) or starts a local
 `redis-server` when none answers; starts `rclone serve s3` on `.jobmesh/s3`, imports the models,
-starts the OCR gateway (50051) and an OCR worker, and writes `.jobmesh/local.env`.
+starts the OCR (50051), audio (50052) and text generation (50053) gateways with one worker
+each, and writes `.jobmesh/local.env`.
 """
 
 from __future__ import annotations
@@ -26,9 +27,11 @@ from shared.local.stack import REPO_ROOT, LocalStack, port_open, redis_alive
 STATE = REPO_ROOT / ".jobmesh"
 PID_FILE = STATE / "local.pid"
 # domain -> (gateway port, gateway metrics port, worker metrics port)
-DOMAINS = {"ocr": (50051, 9101, 9201), "textgen": (50053, 9103, 9203)}
+DOMAINS = {"ocr": (50051, 9101, 9201), "audio": (50052, 9102, 9202),
+           "textgen": (50053, 9103, 9203)}
 # Model preparation per domain: a module run with `python -m` (idempotent, cached).
-PREPARE = {"ocr": ["shared.models.importer"], "textgen": ["workers.textgen.export", "--register"]}
+PREPARE = {"ocr": ["shared.models.importer"], "audio": ["workers.audio.models"],
+           "textgen": ["workers.textgen.export", "--register"]}
 S3_PORT = int(os.environ.get("JOBMESH_LOCAL_S3_PORT", "9000"))
 FALLBACK_REDIS_PORT = 6390
 
@@ -104,8 +107,9 @@ def run() -> int:
 jobmesh is up (logs in {STATE / 'logs'})
   OCR gateway      127.0.0.1:{DOMAINS['ocr'][0]}   (OcrService + JobService, ModelService,
                                       health, reflection)
+  audio gateway    127.0.0.1:{DOMAINS['audio'][0]}   (AudioService + the same)
   textgen gateway  127.0.0.1:{DOMAINS['textgen'][0]}   (TextGenerationService + the same)
-  metrics          gateways :9101 :9103, workers :9201 :9203 (/metrics)
+  metrics          gateways :9101-:9103, workers :9201-:9203 (/metrics)
   S3 (rclone)      http://127.0.0.1:{S3_PORT}   data in {STATE / 's3'}
   Redis            {redis_url}
   API key          {key}
@@ -113,6 +117,7 @@ jobmesh is up (logs in {STATE / 'logs'})
 
 try:  jobmesh ocr recognize some.png
       jobmesh textgen generate "Write a haiku about queues" --stream
+      jobmesh audio tag recording.wav
       grpcurl -H 'authorization: Bearer {key}' -plaintext 127.0.0.1:{DOMAINS['ocr'][0]} list
 Ctrl-C stops everything.""", flush=True)
         (STATE / "ready").write_text(str(os.getpid()))

@@ -27,7 +27,7 @@ OCR_MODELS = {
 }
 
 
-def _tensor_specs(path: Path) -> tuple[list[dict], list[dict]]:
+def tensor_specs(path: Path) -> tuple[list[dict], list[dict]]:
     import onnxruntime as ort
 
     sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
@@ -53,42 +53,60 @@ def import_ocr_models(registry: ModelRegistry, force_serve: bool = False) -> lis
     out = []
     for name, filename in OCR_MODELS.items():
         path = rapidocr_dir() / filename
-        inputs, outputs = _tensor_specs(path)
-        try:
-            registry.serving_version(name)
-            has_serving = True
-        except Exception:
-            has_serving = False
+        inputs, outputs = tensor_specs(path)
+        serving = has_serving(registry, name)
         m = registry.register(
             name, version, {"model.onnx": path}, inputs=inputs, outputs=outputs,
             provenance={"package": "rapidocr", "package_version": pkg_version,
                         "source": f"rapidocr/models/{filename}"},
-            serve=force_serve or not has_serving)
+            serve=force_serve or not serving)
         out.append(m)
         log.info("model registered", extra={"model": name, "version": version})
     return out
 
 
-def prepare(settings: Settings, force_serve: bool = False) -> list[Manifest]:
+def registry_for(settings: Settings) -> ModelRegistry:
+    """The registry at the settings' S3, with both buckets created if missing."""
     store = ArtifactStore.from_settings(settings)
     store.ensure_bucket(settings.models_bucket)
     store.ensure_bucket(settings.artifacts_bucket)
-    return import_ocr_models(ModelRegistry(store, settings.models_bucket), force_serve)
+    return ModelRegistry(store, settings.models_bucket)
+
+
+def has_serving(registry: ModelRegistry, name: str) -> bool:
+    try:
+        registry.serving_version(name)
+        return True
+    except Exception:
+        return False
+
+
+def print_manifests(manifests: list[Manifest]) -> None:
+    for m in manifests:
+        print(f"{m.name}@{m.version}  {sum(f.size for f in m.files):>10} bytes  "
+              f"{m.files[0].sha256[:12]}")
+
+
+def prepare(settings: Settings, force_serve: bool = False) -> list[Manifest]:
+    return import_ocr_models(registry_for(settings), force_serve)
+
+
+def import_main(prog: str, description: str, prepare_fn, argv: list[str] | None = None) -> int:
+    """The CLI every model import script shares: `--force-serve`, then one line per model."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--force-serve", action="store_true",
+                        help="point `serving` at the imported versions even if others serve")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level="INFO", format="%(message)s")
+    print_manifests(prepare_fn(Settings(), args.force_serve))
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="python -m shared.models.importer",
-        description="Import the PP-OCR ONNX models from the installed rapidocr package into the "
-                    "model registry (S3 at JOBMESH_S3_ENDPOINT) and serve them if nothing is.")
-    parser.add_argument("--force-serve", action="store_true",
-                        help="point `serving` at the imported version even if another serves")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level="INFO", format="%(message)s")
-    for m in prepare(Settings(), args.force_serve):
-        print(f"{m.name}@{m.version}  {sum(f.size for f in m.files):>10} bytes  "
-              f"{m.files[0].sha256[:12]}")
-    return 0
+    return import_main(
+        "python -m shared.models.importer",
+        "Import the PP-OCR ONNX models from the installed rapidocr package into the model "
+        "registry (S3 at JOBMESH_S3_ENDPOINT) and serve them if nothing is.", prepare, argv)
 
 
 if __name__ == "__main__":

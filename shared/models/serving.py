@@ -25,6 +25,16 @@ class ServedModels:
         self._checked: dict[str, float] = {}
         self._lock = threading.Lock()
 
+    @classmethod
+    def from_settings(cls, settings) -> ServedModels:
+        """The registry in the settings' S3, the local cache, refresh and provider overrides.
+        Build it once per worker process, after fork: ORT sessions must not cross a fork."""
+        from shared.storage.artifacts import ArtifactStore
+
+        registry = ModelRegistry(ArtifactStore.from_settings(settings), settings.models_bucket)
+        return cls(registry, settings.model_cache_dir, refresh_s=settings.model_refresh_s,
+                   providers_override=settings.providers)
+
     def get(self, name: str) -> ModelRunner:
         """The runner for the version `name` serves now (re-read at most every refresh_s)."""
         with self._lock:

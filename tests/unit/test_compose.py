@@ -37,7 +37,8 @@ WORKER_PROBE = REPO / "infra" / "docker" / "worker_healthcheck.py"
 
 JOB_SERVICE = "jobmesh.jobs.v1.JobService"
 APP_SERVICES = {"minio-init", "gateway-ocr", "worker-ocr", "worker-ocr-gpu", "models-textgen",
-                "gateway-textgen", "worker-textgen"}
+                "gateway-textgen", "worker-textgen", "models-audio", "gateway-audio",
+                "worker-audio"}
 ALL_SERVICES = APP_SERVICES | {"redis", "minio"}
 
 

@@ -194,14 +194,14 @@ def test_strict_validation_rejects_unknown_fields(helm, kubernetes_validate):
 def test_expected_objects(variant):
     which, _, docs = variant
     devices = ("cpu", "gpu") if which == "gpu" else ("cpu",)
-    queues = {(d, dev) for d in ("ocr", "textgen") for dev in devices}
-    assert set(gateways(docs).values()) == {"ocr", "textgen"}
+    queues = {(d, dev) for d in ("ocr", "audio", "textgen") for dev in devices}
+    assert set(gateways(docs).values()) == {"ocr", "audio", "textgen"}
     assert set(workers(docs).values()) == queues
     kinds = {d["kind"] for d in docs}
     assert {"ConfigMap", "Secret", "ServiceAccount", "Deployment", "Service",
             "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject", "Job"} <= kinds
     assert len(by_kind(docs, "ScaledObject")) == len(queues)
-    assert len(by_kind(docs, "PodDisruptionBudget")) == 2 + len(queues)
+    assert len(by_kind(docs, "PodDisruptionBudget")) == 3 + len(queues)
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(names) == len(set(names)), "duplicate objects"
 
@@ -325,13 +325,15 @@ def test_pods_run_as_the_images_non_root_user(variant):
 
 def test_models_are_registered_by_a_hook_job(variant):
     _, _, docs = variant
-    [job] = by_kind(docs, "Job").values()
-    hooks = job["metadata"]["annotations"]["helm.sh/hook"].split(",")
-    assert set(hooks) == {"post-install", "post-upgrade"}
-    c = container(job)
-    assert c["args"] == ["python", "-m", "shared.models.importer"]
-    assert {"JOBMESH_S3_ACCESS_KEY", "JOBMESH_S3_SECRET_KEY"} <= set(env_of(job))
-    assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
+    jobs = list(by_kind(docs, "Job").values())
+    assert sorted(container(j)["args"][2] for j in jobs) == ["shared.models.importer",
+                                                             "workers.audio.models"]
+    for job in jobs:
+        hooks = job["metadata"]["annotations"]["helm.sh/hook"].split(",")
+        assert set(hooks) == {"post-install", "post-upgrade"}
+        assert container(job)["args"][:2] == ["python", "-m"]
+        assert {"JOBMESH_S3_ACCESS_KEY", "JOBMESH_S3_SECRET_KEY"} <= set(env_of(job))
+        assert job["spec"]["template"]["spec"]["restartPolicy"] == "Never"
 
 
 def test_gpu_workers_get_a_gpu_and_gpu_nodes(variant):
@@ -474,7 +476,7 @@ def test_keda_options(helm):
     assert not [d for d in docs if d["apiVersion"] == KEDA_API]
     replicas = {workers(docs)[n]: by_kind(docs, "Deployment")[n]["spec"]["replicas"]
                 for n in workers(docs)}
-    assert replicas == {("ocr", "cpu"): 3, ("textgen", "cpu"): 1}
+    assert replicas == {("ocr", "cpu"): 3, ("audio", "cpu"): 1, ("textgen", "cpu"): 1}
 
 
 def _first_scaled_object(docs):
@@ -604,7 +606,7 @@ def test_a_new_domain_is_one_values_entry(helm):
     ({"config": {"LOG_LEVEL": "DEBUG"}}, "LOG_LEVEL"),
     ({"config": {"JOBMESH_TASK_TIME_LIMIT_S": "10"}}, "JOBMESH_TASK_TIME_LIMIT_S"),
     ({"workers": {"ocr": {"cpu": {"env": {"JOBMESH_DEVICE": "gpu"}}}}}, "JOBMESH_DEVICE"),
-    ({"gateways": {"audio": {"enabled": True}}}, "gateways.audio.port"),
+    ({"gateways": {"curation": {"enabled": True}}}, "gateways.curation.port"),
     ({"jobs": {"queuePreference": "tpu"}}, "queuePreference"),
 ], ids=["s3-scheme", "redis-password-in-url", "redis-scheme", "typo", "not-jobmesh",
         "derived-setting", "device-override", "gateway-without-port", "bad-preference"])

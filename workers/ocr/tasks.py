@@ -17,9 +17,8 @@ from shared.config import Settings
 from shared.errors import InvalidArgument, JobmeshError
 from shared.jobs.celery_app import make_celery
 from shared.jobs.worker_kit import JobCancelled, JobContext, WorkerKit
-from shared.models.registry import ModelRegistry
 from shared.models.serving import ServedModels
-from shared.storage.artifacts import ArtifactRef, ArtifactStore
+from shared.storage.artifacts import ArtifactRef
 from workers.ocr.documents import DocumentLimits, count_pages, iter_pages
 from workers.ocr.longline import LongLineConfig
 from workers.ocr.pipeline import (
@@ -75,10 +74,7 @@ def models() -> ServedModels:
     """Loaded once per process (after fork: ORT sessions must not cross a fork)."""
     global _models
     if _models is None:
-        registry = ModelRegistry(ArtifactStore.from_settings(settings), settings.models_bucket)
-        _models = ServedModels(registry, settings.model_cache_dir,
-                               refresh_s=settings.model_refresh_s,
-                               providers_override=settings.providers)
+        _models = ServedModels.from_settings(settings)
     return _models
 
 

@@ -17,9 +17,7 @@ from shared.config import Settings
 from shared.errors import InvalidArgument, JobmeshError
 from shared.jobs.celery_app import make_celery
 from shared.jobs.worker_kit import JobCancelled, JobContext, WorkerKit
-from shared.models.registry import ModelRegistry
 from shared.models.serving import ServedModels
-from shared.storage.artifacts import ArtifactStore
 from workers.textgen.decoding import GenerationParams, GenerationResult, Generator
 from workers.textgen.export import MODEL_NAME
 from workers.textgen.tokenizer import InvalidGenerationParam, TextTokenizer
@@ -57,10 +55,7 @@ def engine() -> Generator:
     rebuilt when the serving pointer moves)."""
     global _models, _engine
     if _models is None:
-        registry = ModelRegistry(ArtifactStore.from_settings(settings), settings.models_bucket)
-        _models = ServedModels(registry, settings.model_cache_dir,
-                               refresh_s=settings.model_refresh_s,
-                               providers_override=settings.providers)
+        _models = ServedModels.from_settings(settings)
     runner = _models.get(MODEL_NAME)
     if _engine is None or _engine[0] is not runner:
         folder = runner.path.parent

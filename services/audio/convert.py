@@ -1,0 +1,98 @@
+"""AudioService messages ⇄ the JSON the audio worker takes and returns. The only audio code that
+touches `*_pb2`; request fields are validated here so errors name proto fields."""
+
+from __future__ import annotations
+
+import base64
+
+from jobmesh.audio.v1 import audio_service_pb2 as pb
+
+from shared.errors import InvalidArgument
+from shared.jobs.convert import artifact_pb
+from shared.storage.artifacts import ArtifactRef
+
+TAG_TASK = "jobmesh.audio.v1.tag"
+TAG_BATCH_TASK = "jobmesh.audio.v1.tag_batch"  # coalesced sync calls and batch-job lines
+VAD_TASK = "jobmesh.audio.v1.detect_speech"
+VAD_BATCH_TASK = "jobmesh.audio.v1.detect_speech_batch"
+DEFAULT_TAGGER = "yamnet"
+MAX_TOP_K = 50
+
+
+def source_of(request, prefix: str = "") -> tuple[str, bytes | ArtifactRef]:
+    """("audio", bytes) or ("audio_ref", ArtifactRef); raises naming the missing field."""
+    which = request.WhichOneof("source")
+    if which is None:
+        raise InvalidArgument.for_field(f"{prefix}audio", "is required (or audio_ref)")
+    if which == "audio":
+        if not request.audio:
+            raise InvalidArgument.for_field(f"{prefix}audio", "is empty")
+        return "audio", request.audio
+    ref = request.audio_ref
+    if not ref.bucket or not ref.key:
+        raise InvalidArgument.for_field(f"{prefix}audio_ref", "needs bucket and key")
+    return "audio_ref", ArtifactRef(ref.bucket, ref.key, ref.sha256, ref.size, ref.content_type)
+
+
+def tag_options(request: pb.TagRequest, prefix: str = "") -> dict:
+    k = request.top_k or 5
+    if not 1 <= k <= MAX_TOP_K:
+        raise InvalidArgument.for_field(f"{prefix}top_k", f"must be within 1..{MAX_TOP_K}")
+    model = request.model or DEFAULT_TAGGER
+    if not model.replace("-", "").replace("_", "").isalnum() or len(model) > 64:
+        raise InvalidArgument.for_field(f"{prefix}model", "must be a registry model name")
+    return {"top_k": k, "segments": bool(request.segments), "model": model}
+
+
+def vad_options(request: pb.DetectSpeechRequest, prefix: str = "") -> dict:
+    t = request.threshold or 0.5
+    if not 0.0 < t < 1.0:
+        raise InvalidArgument.for_field(f"{prefix}threshold", "must be within (0, 1)")
+    speech, silence = request.min_speech_ms or 250, request.min_silence_ms or 100
+    for name, v in (("min_speech_ms", speech), ("min_silence_ms", silence)):
+        if not 0 < v <= 60_000:
+            raise InvalidArgument.for_field(f"{prefix}{name}", "must be within 1..60000")
+    return {"threshold": t, "min_speech_ms": speech, "min_silence_ms": silence}
+
+
+def worker_request(data: bytes | None, ref: ArtifactRef | None, options: dict) -> dict:
+    req: dict = {"options": options}
+    if data is not None:
+        req["audio_b64"] = base64.b64encode(data).decode()
+    else:
+        req["audio_ref"] = ref.to_dict()
+    return req
+
+
+def _info(d: dict) -> pb.AudioInfo:
+    return pb.AudioInfo(sample_rate=int(d.get("sample_rate", 0)), channels=int(d.get(
+        "channels", 0)), duration_seconds=float(d.get("seconds", 0.0)),
+        format=str(d.get("format", "")))
+
+
+def _scores(rows: list) -> list[pb.ClassScore]:
+    return [pb.ClassScore(label=r["label"], index=int(r["index"]), score=float(r["score"]))
+            for r in rows]
+
+
+def tag_response(result: dict) -> pb.TagResponse:
+    return pb.TagResponse(
+        top=_scores(result.get("top", [])),
+        segments=[pb.TagSegment(start_seconds=s["start"], end_seconds=s["end"],
+                                top=_scores(s["top"])) for s in result.get("segments", [])],
+        info=_info(result.get("info", {})), model_version=result.get("model_version", ""))
+
+
+def vad_response(result: dict) -> pb.DetectSpeechResponse:
+    segs = [pb.SpeechSegment(start_seconds=a, end_seconds=b)
+            for a, b in result.get("segments", [])]
+    return pb.DetectSpeechResponse(
+        segments=segs, speech_seconds=sum(s.end_seconds - s.start_seconds for s in segs),
+        info=_info(result.get("info", {})), model_version=result.get("model_version", ""))
+
+
+def upload_response(ref: ArtifactRef, url: str, expire_epoch: float) -> pb.CreateUploadResponse:
+    from shared.jobs.convert import ts
+
+    return pb.CreateUploadResponse(upload_url=url, ref=artifact_pb(ref.to_dict()),
+                                   expire_time=ts(expire_epoch))

@@ -1,0 +1,112 @@
+"""AudioService: thin. Check the file's header, dispatch through the job queue, convert back."""
+
+from __future__ import annotations
+
+import base64
+
+from jobmesh.audio.v1 import audio_service_pb2 as pb
+from jobmesh.audio.v1 import audio_service_pb2_grpc
+
+from services.audio import convert
+from services.audio.inspect import AudioLimits, inspect_audio
+from shared.batch import methods as batch_methods
+from shared.errors import InvalidArgument
+from shared.jobs.convert import job_to_pb, register_result
+from shared.jobs.records import JobRecord
+from shared.server.inputs import checked_ref, create_upload, keep_input
+from shared.server.interceptors import current_principal
+from shared.server.sync_call import call_sync
+
+DOMAIN = "audio"
+UPLOAD_TYPES = ("audio/wav", "audio/x-wav", "audio/flac", "audio/ogg", "audio/mpeg",
+                "application/octet-stream")
+
+for _task in (convert.TAG_TASK, convert.TAG_BATCH_TASK):
+    register_result(_task, convert.tag_response)
+for _task in (convert.VAD_TASK, convert.VAD_BATCH_TASK):
+    register_result(_task, convert.vad_response)
+
+
+class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
+    def __init__(self, gw):
+        self.gw = gw
+        s = gw.settings
+        self.limits = AudioLimits(s.audio_max_seconds, s.audio_min_rate, s.audio_max_rate)
+
+    async def worker_request(self, request, options: dict, tenant: str,
+                             prefix: str = "") -> dict:
+        """Checks the source (inline: the header; by reference: ownership and size) and builds
+        what the worker takes."""
+        kind, source = convert.source_of(request, prefix)
+        if kind == "audio":
+            inspect_audio(source, self.limits, f"{prefix}audio")
+            return convert.worker_request(source, None, options)
+        ref = await checked_ref(self.gw, source, tenant, f"{prefix}audio_ref")
+        return convert.worker_request(None, ref, options)
+
+    async def _sync(self, context, tenant: str, task: str, batch_task: str, req: dict) -> dict:
+        return await call_sync(self.gw, context, tenant=tenant, domain=DOMAIN, task=task,
+                               batch_task=batch_task, request=req)
+
+    async def _submit(self, tenant: str, request_id: str, task: str, req: dict):
+        if len(request_id) > 128:
+            raise InvalidArgument.for_field("request_id", "is longer than 128 characters")
+
+        async def keep_inline(job: JobRecord, r: dict) -> dict:
+            if "audio_b64" in r:
+                r["audio_ref"] = await keep_input(self.gw, tenant, job,
+                                                  base64.b64decode(r.pop("audio_b64")))
+            return r
+
+        job, _ = await self.gw.dispatcher.submit(tenant=tenant, domain=DOMAIN, task=task,
+                                                 request=req, request_id=request_id,
+                                                 prepare=keep_inline)
+        return job_to_pb(job)
+
+    async def Tag(self, request, context):
+        p = current_principal()
+        req = await self.worker_request(request, convert.tag_options(request), p.tenant)
+        return convert.tag_response(await self._sync(context, p.tenant, convert.TAG_TASK,
+                                                     convert.TAG_BATCH_TASK, req))
+
+    async def SubmitTag(self, request, context):
+        p = current_principal()
+        inner = request.request
+        req = await self.worker_request(inner, convert.tag_options(inner, "request."), p.tenant,
+                                        "request.")
+        return pb.SubmitTagResponse(job=await self._submit(p.tenant, request.request_id,
+                                                           convert.TAG_TASK, req))
+
+    async def DetectSpeech(self, request, context):
+        p = current_principal()
+        req = await self.worker_request(request, convert.vad_options(request), p.tenant)
+        return convert.vad_response(await self._sync(context, p.tenant, convert.VAD_TASK,
+                                                     convert.VAD_BATCH_TASK, req))
+
+    async def SubmitDetectSpeech(self, request, context):
+        p = current_principal()
+        inner = request.request
+        req = await self.worker_request(inner, convert.vad_options(inner, "request."), p.tenant,
+                                        "request.")
+        return pb.SubmitDetectSpeechResponse(job=await self._submit(
+            p.tenant, request.request_id, convert.VAD_TASK, req))
+
+    async def CreateUpload(self, request, context):
+        p = current_principal()
+        ref, url, expires = await create_upload(self.gw, p.tenant, request.content_type,
+                                                request.size, UPLOAD_TYPES)
+        return convert.upload_response(ref, url, expires)
+
+
+async def _tag_line(gw, request: pb.TagRequest, tenant: str) -> dict:
+    return await AudioServicer(gw).worker_request(request, convert.tag_options(request), tenant)
+
+
+async def _vad_line(gw, request: pb.DetectSpeechRequest, tenant: str) -> dict:
+    return await AudioServicer(gw).worker_request(request, convert.vad_options(request), tenant)
+
+
+batch_methods.register(batch_methods.BatchMethod(
+    "audio", "Tag", pb.TagRequest, convert.TAG_BATCH_TASK, _tag_line))
+batch_methods.register(batch_methods.BatchMethod(
+    "audio", "DetectSpeech", pb.DetectSpeechRequest, convert.VAD_BATCH_TASK, _vad_line))

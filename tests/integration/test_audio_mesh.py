@@ -1,0 +1,155 @@
+"""The audio service end to end: gRPC gateway → Celery on Redis → audio worker with the real
+YAMNet and silero VAD, on real recordings from Debian packages (alsa-utils' voice clips, the
+freedesktop sound theme)."""
+
+from __future__ import annotations
+
+import io
+import json
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+import soundfile as sf
+from jobmesh.audio.v1 import audio_service_pb2 as pb
+from jobmesh.audio.v1 import audio_service_pb2_grpc
+from jobmesh.jobs.v1 import job_pb2, job_service_pb2_grpc
+from jobmesh.jobs.v1 import job_service_pb2 as jobs_pb
+
+from tests.conftest import TENANT_KEY, auth
+from tests.integration.helpers import details
+
+pytestmark = pytest.mark.integration
+
+SOUNDS = Path("/usr/share/sounds")
+SPEECH = SOUNDS / "alsa" / "Front_Center.wav"
+PHONE = SOUNDS / "freedesktop" / "stereo" / "phone-incoming-call.oga"
+
+
+@pytest.fixture(scope="module")
+def audio(audio_stack):
+    if not SPEECH.exists() or not PHONE.exists():
+        pytest.skip("needs alsa-utils and sound-theme-freedesktop (.ci/run installs them)")
+    with grpc.insecure_channel(audio_stack) as ch:
+        yield audio_service_pb2_grpc.AudioServiceStub(ch), job_service_pb2_grpc.JobServiceStub(
+            ch)
+
+
+def wav(samples: np.ndarray, rate: int, fmt: str = "WAV") -> bytes:
+    buf = io.BytesIO()
+    sf.write(buf, samples, rate, format=fmt)
+    return buf.getvalue()
+
+
+def tone(seconds: float, rate: int = 44100) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    return (0.3 * np.sin(2 * np.pi * 440 * t)).astype(np.float32)
+
+
+def test_tag_speech_and_a_phone_ringing(audio):
+    stub, _ = audio
+    r = stub.Tag(pb.TagRequest(audio=SPEECH.read_bytes()), metadata=auth(), timeout=60)
+    assert r.top[0].label == "Speech" and len(r.top) == 5
+    assert r.info.sample_rate == 48000 and r.info.format == "WAV"
+    assert r.model_version.startswith("yamnet@")
+    r = stub.Tag(pb.TagRequest(audio=PHONE.read_bytes(), top_k=3, segments=True),
+                 metadata=auth(), timeout=60)
+    assert {c.label for c in r.top[:2]} & {"Telephone bell ringing", "Telephone", "Ringtone"}
+    assert len(r.top) == 3 and r.info.format == "OGG"
+    assert len(r.segments) >= 2
+    starts = [s.start_seconds for s in r.segments]
+    assert starts == sorted(starts) and starts[1] - starts[0] == pytest.approx(0.48)
+    assert all(s.end_seconds - s.start_seconds == pytest.approx(0.96) for s in r.segments)
+
+
+def test_detect_speech_in_a_voice_clip_and_none_in_a_tone(audio):
+    stub, _ = audio
+    r = stub.DetectSpeech(pb.DetectSpeechRequest(audio=SPEECH.read_bytes()), metadata=auth(),
+                          timeout=60)
+    assert len(r.segments) >= 1 and 0.5 < r.speech_seconds < r.info.duration_seconds
+    assert r.model_version.startswith("silero-vad@")
+    r = stub.DetectSpeech(pb.DetectSpeechRequest(audio=wav(tone(3.0), 44100)),
+                          metadata=auth(), timeout=60)
+    assert list(r.segments) == [] and r.info.duration_seconds == pytest.approx(3.0)
+
+
+@pytest.mark.parametrize("data, field, reason", [
+    (b"", "audio", "INVALID_ARGUMENT"),
+    (b"RIFF\x00\x00\x00\x00WAVEjunkjunk", "audio", "UNDECODABLE_INPUT"),
+    (b"not audio at all" * 100, "audio", "UNDECODABLE_INPUT"),
+])
+def test_bad_files_name_the_field(audio, data, field, reason):
+    stub, _ = audio
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Tag(pb.TagRequest(audio=data), metadata=auth(), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    d = details(e.value)
+    assert d["violations"][0][0] == field and d["reason"] == reason
+
+
+def test_limits_are_refused_before_any_job(audio):
+    stub, _ = audio
+    for req, field in ((pb.TagRequest(audio=wav(tone(0.5, 2000), 2000)), "audio"),
+                       (pb.TagRequest(audio=wav(np.zeros(0, np.float32), 16000)), "audio"),
+                       (pb.TagRequest(audio=SPEECH.read_bytes(), top_k=51), "top_k"),
+                       (pb.TagRequest(), "audio")):
+        with pytest.raises(grpc.RpcError) as e:
+            stub.Tag(req, metadata=auth(), timeout=30)
+        assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT, req
+        assert details(e.value)["violations"][0][0] == field
+    with pytest.raises(grpc.RpcError) as e:
+        stub.DetectSpeech(pb.DetectSpeechRequest(audio=SPEECH.read_bytes(), threshold=1.5),
+                          metadata=auth(), timeout=30)
+    assert details(e.value)["violations"][0][0] == "threshold"
+
+
+def test_unknown_tagger_is_refused_by_the_worker(audio):
+    stub, _ = audio
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Tag(pb.TagRequest(audio=SPEECH.read_bytes(), model="panns-cnn14"),
+                 metadata=auth(), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(e.value)["violations"][0][0] == "model"
+
+
+def test_submit_tag_of_a_long_uploaded_file_reports_progress(audio, audio_stack):
+    from shared.client import Client, ClientSettings
+
+    stub, jobs = audio
+    # 4 minutes of a tone with noise as 48 kHz stereo FLAC (~17 MB, over the message limit):
+    # uploaded through a presigned URL, then decoded by the worker in 30 s blocks.
+    rng = np.random.default_rng(0)
+    mono = tone(240.0, 48000) + 0.02 * rng.standard_normal(240 * 48000).astype(np.float32)
+    data = wav(np.stack([mono, mono], axis=1), 48000, "FLAC")
+    with Client(ClientSettings(endpoint=audio_stack, api_key=TENANT_KEY)) as c:
+        ref = c.upload("audio", data, "audio/flac")
+    job = stub.SubmitTag(pb.SubmitTagRequest(request_id="long-tag", request=pb.TagRequest(
+        audio_ref=ref, top_k=3)), metadata=auth(), timeout=60).job
+    done = jobs.WaitJob(jobs_pb.WaitJobRequest(name=job.name), metadata=auth(), timeout=180).job
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    assert (done.progress.done, done.progress.total) == (240, 240)
+    resp = pb.TagResponse()
+    done.result.response.Unpack(resp)
+    assert resp.info.channels == 2 and resp.info.duration_seconds == pytest.approx(240.0)
+    assert len(resp.top) == 3
+
+
+def test_batch_of_files_through_the_cli(audio_stack, audio, tmp_path):
+    from tests.integration.test_cli import cli
+
+    (tmp_path / "speech.wav").write_bytes(SPEECH.read_bytes())
+    (tmp_path / "phone.oga").write_bytes(PHONE.read_bytes())
+    lines = [{"custom_id": "a", "file": "speech.wav"}, {"custom_id": "b", "file": "phone.oga"},
+             {"custom_id": "c", "file": "speech.wav", "body": {"topK": 1}}]
+    (tmp_path / "clips.jsonl").write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    r = cli("batch", "submit", "clips.jsonl", "--service", "audio", "--endpoint", audio_stack,
+            "--api-key", TENANT_KEY, "--output", "json", cwd=tmp_path, timeout=180)
+    assert r.returncode == 0, r.stderr
+    doc = json.loads(r.stdout)
+    rows = {x["custom_id"]: x["response"] for x in map(json.loads, open(doc["files"]["output"]))}
+    assert rows["a"]["top"][0]["label"] == "Speech" and len(rows["c"]["top"]) == 1
+    r = cli("audio", "tag", tmp_path / "speech.wav", "--top-k", "2", "--endpoint", audio_stack,
+            "--api-key", TENANT_KEY, cwd=tmp_path)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.splitlines()[0].endswith("Speech")

@@ -1,0 +1,191 @@
+"""The audio worker's Celery app and tasks (thin: resolve the served models, decode in blocks,
+run the tagger or the VAD, record results).
+
+Input is decoded and resampled to 16 kHz block by block (`decode.iter_blocks`), so a long file
+never sits decoded whole in memory: the tagger keeps only the samples its next window needs,
+the VAD only its recurrent state and one probability per 32 ms."""
+
+from __future__ import annotations
+
+import base64
+import logging
+import os
+
+import numpy as np
+from celery import signals
+
+from services.audio import convert as audio_convert
+from shared.config import Settings
+from shared.errors import InvalidArgument, JobmeshError
+from shared.jobs.celery_app import make_celery
+from shared.jobs.worker_kit import JobContext, WorkerKit
+from shared.models.serving import ServedModels
+from shared.storage.artifacts import ArtifactRef
+from workers.audio.decode import AudioError, AudioLimits, iter_blocks, probe
+from workers.audio.models import LABELS_FILE, VAD_NAME
+from workers.audio.streaming import TagAccumulator, vad_segments
+from workers.audio.vad import SileroVad
+from workers.audio.yamnet import YamnetTagger, load_labels
+
+log = logging.getLogger(__name__)
+
+settings = Settings()
+app = make_celery("jobmesh-audio-worker", settings)
+kit = WorkerKit(app, "audio", settings)
+RATE = 16_000
+BLOCK_SECONDS = 30.0
+LIMITS = AudioLimits(max_seconds=settings.audio_max_seconds, min_rate=settings.audio_min_rate,
+                     max_rate=settings.audio_max_rate)
+_models: ServedModels | None = None
+_taggers: dict[str, tuple[object, YamnetTagger]] = {}
+_vad: tuple[object, SileroVad] | None = None
+
+
+def models() -> ServedModels:
+    global _models
+    if _models is None:
+        _models = ServedModels.from_settings(settings)
+    return _models
+
+
+def tagger(name: str) -> tuple[YamnetTagger, str]:
+    """The tagger a registry name serves now (rebuilt when its serving pointer moves)."""
+    try:
+        runner = models().get(name)
+    except JobmeshError as exc:
+        if exc.reason == "NOT_FOUND":
+            raise InvalidArgument.for_field("model", f"no model {name!r} in the registry",
+                                            reason="NOT_FOUND") from exc
+        raise
+    cached = _taggers.get(name)
+    if cached is None or cached[0] is not runner:
+        labels = load_labels(runner.path.parent / LABELS_FILE)
+        _taggers[name] = (runner, YamnetTagger(runner.path, labels, session=runner.session))
+    return _taggers[name][1], runner.name
+
+
+def vad() -> tuple[SileroVad, str]:
+    global _vad
+    runner = models().get(VAD_NAME)
+    if _vad is None or _vad[0] is not runner:
+        _vad = (runner, SileroVad(runner.path, session=runner.session))
+    return _vad[1], runner.name
+
+
+@signals.worker_process_init.connect
+def _warm_up(**_) -> None:
+    try:
+        t, _ = tagger(audio_convert.DEFAULT_TAGGER)
+        t.scores(np.zeros(RATE, np.float32))
+        v, _ = vad()
+        v.segments(np.zeros(RATE, np.float32))
+    except Exception as exc:  # the first job reports the real error
+        log.warning("warm-up failed", extra={"error": str(exc), "pid": os.getpid()})
+
+
+def _input(ctx: JobContext, request: dict) -> tuple[bytes, str]:
+    if "audio_b64" in request:
+        return base64.b64decode(request["audio_b64"]), "audio"
+    if "audio_ref" in request:
+        ref = ArtifactRef.from_dict(request["audio_ref"])
+        return ctx.artifacts.get_bytes(ref, max_bytes=settings.max_upload_bytes), "audio_ref"
+    raise InvalidArgument.for_field("audio", "is required (or audio_ref)")
+
+
+def _blocks(ctx: JobContext, request: dict):
+    """(info dict, 16 kHz mono blocks); progress is seconds decoded of the total."""
+    data, field = _input(ctx, request)
+    try:
+        info = probe(data, LIMITS)
+    except AudioError as exc:
+        raise InvalidArgument.for_field(field, exc.problem, reason=exc.reason) from exc
+    meta = {"sample_rate": info.sample_rate, "channels": info.channels,
+            "seconds": info.seconds, "format": info.format.upper()}
+
+    def gen():
+        done = 0.0
+        try:
+            for block in iter_blocks(data, RATE, BLOCK_SECONDS, LIMITS):
+                ctx.check_cancelled()
+                yield block
+                done += len(block) / RATE
+                ctx.progress(int(done), int(info.seconds + 0.999), "seconds of audio")
+        except AudioError as exc:
+            raise InvalidArgument.for_field(field, exc.problem, reason=exc.reason) from exc
+
+    return meta, gen()
+
+
+def tag_one(ctx: JobContext, request: dict) -> dict:
+    opts = request.get("options", {})
+    t, version = tagger(opts.get("model", audio_convert.DEFAULT_TAGGER))
+    meta, blocks = _blocks(ctx, request)
+    acc = TagAccumulator(t, RATE)
+    for block in blocks:
+        acc.add(block)
+    starts, scores = acc.finish()
+    k = int(opts.get("top_k", 5))
+    mean = scores.mean(axis=0) if len(scores) else np.zeros(len(t.labels), np.float32)
+    result = {"top": _top(mean, t.labels, k), "info": meta, "model_version": version}
+    if opts.get("segments"):
+        result["segments"] = [{"start": float(s), "end": float(s + t.patch_s),
+                               "top": _top(row, t.labels, min(k, 3))}
+                              for s, row in zip(starts, scores, strict=True)]
+    return result
+
+
+def detect_speech_one(ctx: JobContext, request: dict) -> dict:
+    opts = request.get("options", {})
+    v, version = vad()
+    meta, blocks = _blocks(ctx, request)
+    segments = vad_segments(v, blocks, RATE, threshold=float(opts.get("threshold", 0.5)),
+                            min_speech_ms=int(opts.get("min_speech_ms", 250)),
+                            min_silence_ms=int(opts.get("min_silence_ms", 100)))
+    return {"segments": [[round(a, 3), round(b, 3)] for a, b in segments], "info": meta,
+            "model_version": version}
+
+
+def _top(row: np.ndarray, labels: list[str], k: int) -> list[dict]:
+    idx = np.argsort(-row)[:k]
+    return [{"label": labels[i], "index": int(i), "score": float(row[i])} for i in idx]
+
+
+def _each(fn):
+    """A batch function running `fn` per request: YAMNet and the VAD take batch 1, so a batch
+    here saves dispatch round trips, not model calls; one bad input fails only its own job."""
+
+    def run(ctxs: list[JobContext], requests: list[dict]) -> list:
+        out = []
+        for ctx, request in zip(ctxs, requests, strict=True):
+            try:
+                out.append(fn(ctx, request))
+            except JobmeshError as exc:
+                out.append(exc)
+        return out
+
+    return run
+
+
+tag_many = _each(tag_one)
+detect_speech_many = _each(detect_speech_one)
+
+
+@kit.task(audio_convert.TAG_TASK)
+def tag(ctx: JobContext, request: dict) -> dict:
+    return tag_one(ctx, request)
+
+
+@kit.task(audio_convert.VAD_TASK)
+def detect_speech(ctx: JobContext, request: dict) -> dict:
+    return detect_speech_one(ctx, request)
+
+
+kit.batch_task(audio_convert.TAG_BATCH_TASK, response=audio_convert.tag_response)(tag_many)
+kit.batch_task(audio_convert.VAD_BATCH_TASK,
+               response=audio_convert.vad_response)(detect_speech_many)
+
+
+if settings.diagnostics:
+    from workers import diag
+
+    diag.register(kit)
