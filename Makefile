@@ -75,6 +75,7 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.run --eval
 	$(PYTHON) -m bench.textgen
 	$(PYTHON) -m bench.batch
+	$(PYTHON) -m bench.audio
 
 compose-config: $(STAMP)  ## validate docker-compose.yml offline
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/unit/test_compose.py
