@@ -90,6 +90,11 @@ class Settings(BaseSettings):
     providers: str = ""  # comma list overriding EP choice, e.g. "CPUExecutionProvider"
     diagnostics: bool = False  # registers jobmesh.diag.v1.* tasks (tests, benchmarks)
 
+    # Tracing (OpenTelemetry), off unless one is set: OTLP/gRPC collector host:port, or a file
+    # that receives finished spans as JSON lines (tests, debugging).
+    otlp_endpoint: str = ""
+    trace_file: str = ""
+
     log_level: str = "INFO"
     log_json: bool = True
 

@@ -20,6 +20,7 @@ from google.protobuf import json_format
 from jobmesh.jobs.v1 import batch_service_pb2 as pb
 from jobmesh.jobs.v1 import batch_service_pb2_grpc
 
+from shared import tracing
 from shared.batch import files, manifest, methods
 from shared.batch.runner import CHUNK_TASK
 from shared.errors import (
@@ -175,7 +176,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
                 await asyncio.to_thread(
                     self.gw.dispatcher.celery.send_task, CHUNK_TASK,
                     args=[{"job_id": job.id, "chunk": k}], queue=queue,
-                    priority=self.settings.batch_priority)
+                    priority=self.settings.batch_priority, headers=tracing.inject())
         except JobmeshError as exc:
             await store.fail(job.id, exc.to_dict())
             raise

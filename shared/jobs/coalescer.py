@@ -14,7 +14,7 @@ import logging
 import time
 from dataclasses import dataclass, field
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.errors import Unavailable
 from shared.jobs.dispatcher import JobDispatcher
 from shared.jobs.records import JobRecord
@@ -27,6 +27,8 @@ class _Pending:
     queue: str
     items: list[tuple[JobRecord, dict, float]] = field(default_factory=list)
     timer: asyncio.TimerHandle | None = None
+    # Trace context of the first request: the batch's task span continues its trace.
+    headers: dict[str, str] = field(default_factory=dict)
 
 
 class Coalescer:
@@ -49,7 +51,7 @@ class Coalescer:
         key = (domain, task)
         pending = self._pending.get(key)
         if pending is None:
-            pending = self._pending[key] = _Pending(queue)
+            pending = self._pending[key] = _Pending(queue, headers=tracing.inject())
             pending.timer = asyncio.get_running_loop().call_later(
                 self.max_delay_s, self._flush_soon, key)
         pending.items.append((job, request, time.monotonic()))
@@ -77,7 +79,7 @@ class Coalescer:
                              for job, req, _ in pending.items]}
         try:
             await asyncio.to_thread(self.dispatcher.celery.send_task, task, args=[envelope],
-                                    queue=pending.queue)
+                                    queue=pending.queue, headers=pending.headers)
         except Exception as exc:  # every waiter sees its job FAIL instead of hanging
             err = Unavailable(f"could not queue the job: {exc.__class__.__name__}",
                               retry_after_s=1.0)

@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 
 from celery import Celery
 
-from shared import metrics
+from shared import metrics, tracing
 from shared.errors import JobmeshError, Unavailable
 from shared.jobs.consumers import live_consumers
 from shared.jobs.records import JobRecord
@@ -81,7 +81,8 @@ class JobDispatcher:
         envelope = {"job_id": job.id, "request": request}
         try:
             # kombu's publish is blocking I/O; keep it off the event loop.
-            await asyncio.to_thread(self.celery.send_task, task, args=[envelope], queue=queue)
+            await asyncio.to_thread(self.celery.send_task, task, args=[envelope], queue=queue,
+                                    headers=tracing.inject())
         except Exception as exc:
             err = Unavailable(f"could not queue the job: {exc.__class__.__name__}",
                               retry_after_s=1.0)

@@ -20,8 +20,9 @@ import grpc
 import redis
 from celery import Celery, signals
 from celery.exceptions import SoftTimeLimitExceeded
+from opentelemetry.trace import SpanKind
 
-from shared import logs, metrics
+from shared import logs, metrics, tracing
 from shared.batch.runner import CHUNK_TASK, ChunkRunner, LineFunction
 from shared.config import Settings
 from shared.errors import DeadlineExceeded, Internal, JobCancelled, JobmeshError
@@ -113,6 +114,7 @@ class WorkerKit:
         self.line_functions: dict[str, LineFunction] = {}
         self._register_chunk_task()
         signals.worker_ready.connect(self._on_ready, weak=False)
+        signals.worker_process_init.connect(self._on_child, weak=False)
         signals.worker_shutdown.connect(self._on_shutdown, weak=False)
 
     # -- per-process clients -------------------------------------------------------------
@@ -136,6 +138,10 @@ class WorkerKit:
         self._heartbeat.start()
         log.info("worker ready", extra={"queues": ",".join(self.queues), "worker": worker_id})
 
+    def _on_child(self, **_):
+        # After the fork: an exporter's threads do not survive it.
+        tracing.configure_from_settings(f"jobmesh-worker-{self.domain}", self.settings)
+
     def _on_shutdown(self, **_):
         if self._heartbeat:
             self._heartbeat.stop()
@@ -148,7 +154,8 @@ class WorkerKit:
         def register(fn: JobFunction):
             @self.app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)
             def _task(task_self, envelope: dict):
-                return self.run(name, fn, envelope)
+                with _span(name, task_self, envelope):
+                    return self.run(name, fn, envelope)
 
             return _task
 
@@ -167,7 +174,8 @@ class WorkerKit:
 
             @self.app.task(name=name, bind=True, acks_late=True, reject_on_worker_lost=True)
             def _task(task_self, envelope: dict):
-                return self.run_batch(name, fn, envelope)
+                with _span(name, task_self, envelope):
+                    return self.run_batch(name, fn, envelope)
 
             return _task
 
@@ -176,12 +184,15 @@ class WorkerKit:
     def _register_chunk_task(self) -> None:
         @self.app.task(name=CHUNK_TASK, bind=True, acks_late=True, reject_on_worker_lost=True)
         def _chunk(task_self, envelope: dict):
-            store = self.store()
-            logs.job_id_var.set(str(envelope.get("job_id", "")))
-            runner = ChunkRunner(store, self.artifacts(), self.settings,
-                                 lambda job: LineContext(job, store, self.settings,
-                                                         self.artifacts))
-            runner.run(envelope, self.line_functions)
+            with _span(CHUNK_TASK, task_self, envelope):
+                self._run_chunk(envelope)
+
+    def _run_chunk(self, envelope: dict) -> None:
+        store = self.store()
+        logs.job_id_var.set(str(envelope.get("job_id", "")))
+        runner = ChunkRunner(store, self.artifacts(), self.settings,
+                             lambda job: LineContext(job, store, self.settings, self.artifacts))
+        runner.run(envelope, self.line_functions)
 
     def run(self, name: str, fn: JobFunction, envelope: dict) -> None:
         job = self._admit(name, str(envelope.get("job_id", "")), envelope)
@@ -285,6 +296,16 @@ class WorkerKit:
             self.store().dead_letter(job.queue, job.id, name, envelope)
             log.error("poison message dead-lettered", extra={"task": name,
                                                                "deliveries": deliveries - 1})
+
+
+def _span(name: str, task_self, envelope: dict):
+    """The task's CONSUMER span, a child of the context the gateway put in the headers."""
+    headers = getattr(task_self.request, "headers", None) or {}
+    job = envelope.get("job_id") or ",".join(
+        str(j.get("job_id", "")) for j in envelope.get("jobs", []) if isinstance(j, dict))
+    return tracing.tracer().start_as_current_span(
+        f"task {name}", context=tracing.extract(headers), kind=SpanKind.CONSUMER,
+        attributes={"messaging.system": "celery", "jobmesh.job_id": str(job)})
 
 
 def _cancelled() -> dict:

@@ -86,10 +86,12 @@ class LocalStack:
         return proc
 
     def start_gateway(self, domain: str, port: int, metrics_port: int = 0,
-                      name: str | None = None) -> subprocess.Popen:
+                      name: str | None = None, extra_env: dict | None = None
+                      ) -> subprocess.Popen:
         proc = self._spawn(name or f"gateway-{domain}",
                            [sys.executable, "-m", f"services.{domain}", "--host", "127.0.0.1",
-                            "--port", str(port), "--metrics-port", str(metrics_port)])
+                            "--port", str(port), "--metrics-port", str(metrics_port)],
+                           extra_env)
         from shared.server.healthcheck import check
 
         _wait(lambda: check(f"127.0.0.1:{port}", "jobmesh.jobs.v1.JobService") == "SERVING",

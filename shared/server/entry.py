@@ -7,7 +7,7 @@ import argparse
 import asyncio
 from collections.abc import Callable
 
-from shared import logs, metrics
+from shared import logs, metrics, tracing
 from shared.config import GATEWAY_METRICS_PORTS, Settings
 from shared.server.gateway import Gateway, serve
 
@@ -15,6 +15,7 @@ from shared.server.gateway import Gateway, serve
 def build(domain: str, settings: Settings, address: str,
           add_servicers: Callable[[Gateway, object], None]):
     """(gateway, server, port) with the domain's servicers added; used by mains and tests."""
+    tracing.configure_from_settings(f"jobmesh-gateway-{domain}", settings)
     gw = Gateway.from_settings(domain, settings)
     server, port = gw.create_server(address)
     add_servicers(gw, server)

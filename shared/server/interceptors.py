@@ -17,8 +17,9 @@ import grpc
 from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
+from opentelemetry.trace import SpanKind
 
-from shared import logs, metrics
+from shared import logs, metrics, tracing
 from shared.auth import KeyRing, Principal
 from shared.errors import DOMAIN, JobmeshError, PermissionDenied, Unauthenticated
 
@@ -167,30 +168,41 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
             metrics.REQUEST_DURATION.labels(service=service, method=method).observe(
                 time.perf_counter() - t0)
 
+        def span(context):
+            """A SERVER span per call, continuing the caller's `traceparent` if it sent one."""
+            parent = tracing.extract({k: v for k, v in (context.invocation_metadata() or ())
+                                      if k in ("traceparent", "tracestate")})
+            return tracing.tracer().start_as_current_span(
+                details.method, context=parent, kind=SpanKind.SERVER,
+                attributes={"rpc.system": "grpc", "rpc.service": service,
+                            "rpc.method": method})
+
         def unary(fn):
             async def call(request, context):
                 t0 = time.perf_counter()
-                try:
-                    response = await fn(request, context)
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001 - this is the one place that maps them
-                    await fail(context, exc)
-                done(t0)
-                return response
+                with span(context):
+                    try:
+                        response = await fn(request, context)
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001 - the one place that maps them
+                        await fail(context, exc)
+                    done(t0)
+                    return response
             return call
 
         def stream(fn):
             async def call(request, context):
                 t0 = time.perf_counter()
-                try:
-                    async for item in fn(request, context):
-                        yield item
-                except grpc.aio.AbortError:
-                    raise
-                except Exception as exc:  # noqa: BLE001
-                    await fail(context, exc)
-                done(t0)
+                with span(context):
+                    try:
+                        async for item in fn(request, context):
+                            yield item
+                    except grpc.aio.AbortError:
+                        raise
+                    except Exception as exc:  # noqa: BLE001
+                        await fail(context, exc)
+                    done(t0)
             return call
 
         return _wrap(handler, unary, stream)
