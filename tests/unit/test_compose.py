@@ -6,6 +6,9 @@
 * The resolved model (`config --format json`) and the raw YAML (PyYAML) must follow the mesh's
   conventions: gateway ports and metrics ports from shared.config, gRPC health probes, workers
   with heartbeat probes, depends_on conditions, one shared environment.
+* The `observability` profile (Prometheus, Grafana, Flower) is opt-in, pinned, bound to
+  localhost and wired to infra/prometheus and infra/grafana (their contents:
+  tests/unit/test_dashboards.py).
 * The Dockerfiles are checked statically, and .dockerignore must let every file they COPY
   through, and keep .git, .venv, tests and generated stubs out.
 """
@@ -40,6 +43,10 @@ APP_SERVICES = {"minio-init", "gateway-ocr", "worker-ocr", "worker-ocr-gpu", "mo
                 "gateway-textgen", "worker-textgen", "models-audio", "gateway-audio",
                 "worker-audio"}
 ALL_SERVICES = APP_SERVICES | {"redis", "minio"}
+# Profile `observability`: off in the default `up`.
+OBSERVABILITY_SERVICES = {"prometheus", "grafana", "flower"}
+PROMETHEUS_DIR = REPO / "infra" / "prometheus"
+GRAFANA_DIR = REPO / "infra" / "grafana"
 
 
 # ---- the compose binary ----------------------------------------------------------------------
@@ -106,11 +113,23 @@ def resolved(compose) -> dict:
 
 
 @pytest.fixture(scope="module")
+def resolved_all(compose) -> dict:
+    """The resolved model with every profile on (gpu and observability)."""
+    proc = compose("--profile", "gpu", "--profile", "observability", "config", "--format",
+                   "json")
+    assert proc.returncode == 0, proc.stderr
+    return json.loads(proc.stdout)
+
+
+@pytest.fixture(scope="module")
 def raw() -> dict:
     return yaml.safe_load(COMPOSE_FILE.read_text())
 
 
-@pytest.mark.parametrize("profile_args", [(), ("--profile", "gpu")], ids=["default", "gpu"])
+@pytest.mark.parametrize("profile_args", [
+    (), ("--profile", "gpu"), ("--profile", "observability"),
+    ("--profile", "gpu", "--profile", "observability"),
+], ids=["default", "gpu", "observability", "gpu+observability"])
 def test_compose_config_is_valid_and_quiet(compose, profile_args):
     proc = compose(*profile_args, "config", "-q")
     assert proc.returncode == 0, f"docker compose {' '.join(profile_args)} config -q failed:\n" \
@@ -156,8 +175,13 @@ def _ports(service: dict) -> set[tuple[int, int]]:
     return {(int(p["target"]), int(p["published"])) for p in service.get("ports", [])}
 
 
-def test_expected_services(resolved):
+def test_expected_services(resolved, resolved_all, compose):
     assert set(resolved["services"]) == ALL_SERVICES
+    assert set(resolved_all["services"]) == ALL_SERVICES | OBSERVABILITY_SERVICES
+    # The default `up` stays lean: no GPU worker, no monitoring.
+    proc = compose("config", "--services")
+    assert proc.returncode == 0, proc.stderr
+    assert set(proc.stdout.split()) == ALL_SERVICES - {"worker-ocr-gpu"}
 
 
 def test_gateway_ports_command_and_health_probe(resolved):
@@ -207,7 +231,7 @@ def test_workers(resolved):
     assert services["gateway-ocr"]["environment"]["JOBMESH_QUEUE_PREFERENCE"] == "gpu,cpu"
 
 
-def test_depends_on_conditions(resolved):
+def test_depends_on_conditions(resolved, resolved_all):
     services = resolved["services"]
     want = {"redis": "service_healthy", "minio": "service_healthy",
             "minio-init": "service_completed_successfully"}
@@ -220,10 +244,11 @@ def test_depends_on_conditions(resolved):
     assert init["command"] == ["python", "-m", "shared.models.importer"]
     assert init["restart"] == "no"
     # Every condition on a service's health needs a healthcheck on that service.
-    for name, svc in services.items():
+    every = resolved_all["services"]
+    for name, svc in every.items():
         for dep, spec in svc.get("depends_on", {}).items():
             if spec["condition"] == "service_healthy":
-                assert services[dep].get("healthcheck", {}).get("test"), f"{name} -> {dep}"
+                assert every[dep].get("healthcheck", {}).get("test"), f"{name} -> {dep}"
 
 
 def test_state_services(resolved):
@@ -267,6 +292,97 @@ def test_one_cpu_image_for_every_cpu_role(resolved):
             assert Path(svc["build"]["context"]) == REPO, name
     for name in cpu_roles:
         assert services[name]["build"]["dockerfile"] == "infra/docker/Dockerfile"
+
+
+# ---- observability profile: Prometheus, Grafana, Flower -------------------------------------
+
+def _mount(svc: dict, target: str) -> dict:
+    [mount] = [v for v in svc.get("volumes", []) if v["target"] == target]
+    return mount
+
+
+def test_observability_services_are_opt_in_pinned_and_local(resolved_all, raw):
+    services = resolved_all["services"]
+    ports = {"prometheus": 9090, "grafana": 3000, "flower": 5555}
+    for name, port in ports.items():
+        svc = services[name]
+        assert svc["profiles"] == ["observability"], name
+        image = svc["image"]
+        repo, _, tag = image.rpartition(":")
+        assert repo and tag and tag != "latest" and "/" not in tag, f"{name}: pin {image}"
+        assert "build" not in svc, name  # upstream images, nothing of ours to build
+        assert _ports(svc) == {(port, port)}, name
+        assert {p["host_ip"] for p in svc["ports"]} == {"127.0.0.1"}, name
+        assert svc["healthcheck"]["test"][0] == "CMD", name
+        assert svc["cap_drop"] == ["ALL"] and svc["restart"] == "unless-stopped", name
+    # Images can be overridden like MinIO's (a mirror, a newer pin).
+    for name, var in (("prometheus", "PROMETHEUS_IMAGE"), ("grafana", "GRAFANA_IMAGE"),
+                      ("flower", "FLOWER_IMAGE")):
+        assert raw["services"][name]["image"].startswith("${" + var + ":-"), name
+    assert services["prometheus"]["image"].startswith("prom/prometheus:v")
+    assert services["grafana"]["image"].startswith("grafana/grafana:")
+
+
+def test_prometheus_mounts_its_config_and_rules(resolved_all):
+    prom = resolved_all["services"]["prometheus"]
+    cmd = prom["command"]
+    config = next(a.split("=", 1)[1] for a in cmd if a.startswith("--config.file="))
+    for target, source in ((config, "prometheus.yml"), ("/etc/prometheus/alerts.yml",
+                                                        "alerts.yml")):
+        mount = _mount(prom, target)
+        assert mount["type"] == "bind" and mount["read_only"] is True
+        assert Path(mount["source"]) == PROMETHEUS_DIR / source
+        assert (PROMETHEUS_DIR / source).is_file()
+    prom_config = yaml.safe_load((PROMETHEUS_DIR / "prometheus.yml").read_text())
+    assert prom_config["rule_files"] == ["/etc/prometheus/alerts.yml"]
+    data = next(a.split("=", 1)[1] for a in cmd if a.startswith("--storage.tsdb.path="))
+    assert _mount(prom, data)["type"] == "volume"
+
+
+def test_grafana_provisioning_dashboards_and_login(resolved_all, raw):
+    services = resolved_all["services"]
+    graf = services["grafana"]
+    mounts = {}
+    for sub in ("datasources", "dashboards"):
+        mount = _mount(graf, f"/etc/grafana/provisioning/{sub}")
+        assert mount["read_only"] is True
+        assert Path(mount["source"]) == GRAFANA_DIR / "provisioning" / sub
+        mounts[sub] = Path(mount["source"])
+    [dash_mount] = [v for v in graf["volumes"]
+                    if Path(v.get("source", "")) == GRAFANA_DIR / "dashboards"]
+    assert dash_mount["read_only"] is True
+    # The provider reads the folder where the dashboards are mounted.
+    provider = yaml.safe_load((mounts["dashboards"] / "jobmesh.yml").read_text())
+    [prov] = provider["providers"]
+    assert prov["type"] == "file" and prov["options"]["path"] == dash_mount["target"]
+    home = graf["environment"]["GF_DASHBOARDS_DEFAULT_HOME_DASHBOARD_PATH"]
+    assert home.startswith(dash_mount["target"] + "/")
+    assert (GRAFANA_DIR / "dashboards" / Path(home).name).is_file()
+    # The datasource points at the compose Prometheus.
+    ds = yaml.safe_load((mounts["datasources"] / "prometheus.yml").read_text())
+    [prom_ds] = ds["datasources"]
+    assert prom_ds["type"] == "prometheus" and prom_ds["url"] == "http://prometheus:9090"
+    assert graf["depends_on"]["prometheus"]["condition"] == "service_healthy"
+    # Anonymous visitors view; the admin password comes from the environment.
+    env = graf["environment"]
+    assert env["GF_AUTH_ANONYMOUS_ENABLED"] == "true"
+    assert env["GF_AUTH_ANONYMOUS_ORG_ROLE"] == "Viewer"
+    assert env["GF_USERS_ALLOW_SIGN_UP"] == "false"
+    assert raw["services"]["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD")
+
+
+def test_flower_watches_the_mesh_broker(resolved_all):
+    services = resolved_all["services"]
+    flower = services["flower"]
+    # Flower is no dependency of ours (pyproject.toml), so it runs from its own image.
+    assert "flower" not in (REPO / "pyproject.toml").read_text().lower()
+    assert flower["image"].startswith("mher/flower:")
+    assert flower["environment"]["CELERY_BROKER_URL"] == \
+        services["gateway-ocr"]["environment"]["JOBMESH_REDIS_URL"]
+    assert flower["command"][:2] == ["celery", "flower"]
+    assert "--port=5555" in flower["command"]
+    assert flower["depends_on"] == {"redis": {"condition": "service_healthy", "required": True}}
 
 
 # ---- conventions on the raw YAML (PyYAML) ----------------------------------------------------
