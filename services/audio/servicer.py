@@ -25,6 +25,10 @@ for _task in (convert.TAG_TASK, convert.TAG_BATCH_TASK):
     register_result(_task, convert.tag_response)
 for _task in (convert.VAD_TASK, convert.VAD_BATCH_TASK):
     register_result(_task, convert.vad_response)
+for _task in (convert.ASR_TASK, convert.ASR_BATCH_TASK):
+    register_result(_task, convert.asr_response)
+for _task in (convert.TTS_TASK, convert.TTS_BATCH_TASK):
+    register_result(_task, convert.tts_response)
 
 
 class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
@@ -63,33 +67,49 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
                                                  prepare=keep_inline)
         return job_to_pb(job)
 
-    async def Tag(self, request, context):
+    async def _call(self, request, context, options, task: str, batch_task: str, response):
+        """A sync call on a file input: check, dispatch (coalesced), convert the result."""
         p = current_principal()
-        req = await self.worker_request(request, convert.tag_options(request), p.tenant)
-        return convert.tag_response(await self._sync(context, p.tenant, convert.TAG_TASK,
-                                                     convert.TAG_BATCH_TASK, req))
+        req = await self.worker_request(request, options(request), p.tenant)
+        return response(await self._sync(context, p.tenant, task, batch_task, req))
+
+    async def _job(self, request, options, task: str, response_type):
+        """A Submit* call: the inner request checked as the sync call would, then a job."""
+        p = current_principal()
+        inner = request.request
+        req = await self.worker_request(inner, options(inner, "request."), p.tenant,
+                                        "request.")
+        return response_type(job=await self._submit(p.tenant, request.request_id, task, req))
+
+    async def Tag(self, request, context):
+        return await self._call(request, context, convert.tag_options, convert.TAG_TASK,
+                                convert.TAG_BATCH_TASK, convert.tag_response)
 
     async def SubmitTag(self, request, context):
-        p = current_principal()
-        inner = request.request
-        req = await self.worker_request(inner, convert.tag_options(inner, "request."), p.tenant,
-                                        "request.")
-        return pb.SubmitTagResponse(job=await self._submit(p.tenant, request.request_id,
-                                                           convert.TAG_TASK, req))
+        return await self._job(request, convert.tag_options, convert.TAG_TASK,
+                               pb.SubmitTagResponse)
 
     async def DetectSpeech(self, request, context):
-        p = current_principal()
-        req = await self.worker_request(request, convert.vad_options(request), p.tenant)
-        return convert.vad_response(await self._sync(context, p.tenant, convert.VAD_TASK,
-                                                     convert.VAD_BATCH_TASK, req))
+        return await self._call(request, context, convert.vad_options, convert.VAD_TASK,
+                                convert.VAD_BATCH_TASK, convert.vad_response)
 
     async def SubmitDetectSpeech(self, request, context):
+        return await self._job(request, convert.vad_options, convert.VAD_TASK,
+                               pb.SubmitDetectSpeechResponse)
+
+    async def Transcribe(self, request, context):
+        return await self._call(request, context, convert.asr_options, convert.ASR_TASK,
+                                convert.ASR_BATCH_TASK, convert.asr_response)
+
+    async def SubmitTranscribe(self, request, context):
+        return await self._job(request, convert.asr_options, convert.ASR_TASK,
+                               pb.SubmitTranscribeResponse)
+
+    async def Synthesize(self, request, context):
         p = current_principal()
-        inner = request.request
-        req = await self.worker_request(inner, convert.vad_options(inner, "request."), p.tenant,
-                                        "request.")
-        return pb.SubmitDetectSpeechResponse(job=await self._submit(
-            p.tenant, request.request_id, convert.VAD_TASK, req))
+        return convert.tts_response(await self._sync(context, p.tenant, convert.TTS_TASK,
+                                                     convert.TTS_BATCH_TASK,
+                                                     convert.tts_request(request)))
 
     async def CreateUpload(self, request, context):
         p = current_principal()
@@ -108,5 +128,11 @@ async def _vad_line(gw, request: pb.DetectSpeechRequest, tenant: str) -> dict:
 
 batch_methods.register(batch_methods.BatchMethod(
     "audio", "Tag", pb.TagRequest, convert.TAG_BATCH_TASK, _tag_line))
+async def _asr_line(gw, request: pb.TranscribeRequest, tenant: str) -> dict:
+    return await AudioServicer(gw).worker_request(request, convert.asr_options(request), tenant)
+
+
 batch_methods.register(batch_methods.BatchMethod(
     "audio", "DetectSpeech", pb.DetectSpeechRequest, convert.VAD_BATCH_TASK, _vad_line))
+batch_methods.register(batch_methods.BatchMethod(
+    "audio", "Transcribe", pb.TranscribeRequest, convert.ASR_BATCH_TASK, _asr_line))

@@ -35,7 +35,8 @@ class BatchMethod:
 _METHODS: dict[tuple[str, str], BatchMethod] = {}
 
 # Every batchable method of the mesh, for error messages on a gateway that does not serve it.
-KNOWN = {"ocr": ("Recognize",), "textgen": ("Generate",), "audio": ("Tag", "DetectSpeech")}
+KNOWN = {"ocr": ("Recognize",), "textgen": ("Generate",), "audio": ("Tag", "DetectSpeech",
+                                                                          "Transcribe")}
 
 
 def register(method: BatchMethod) -> None:

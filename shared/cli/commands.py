@@ -199,3 +199,36 @@ def audio_vad(client: Client, args: Namespace, out: Output) -> int:
         head = f"{'' if n == 1 else chr(10)}==> {path} <==\n" if len(files) > 1 else ""
         out.write(head + "\n".join(rows))
     return OK
+
+
+def audio_transcribe(client: Client, args: Namespace, out: Output) -> int:
+    files = [(path, _read(path)) for path in args.files]
+    for n, (path, data) in enumerate(files, start=1):
+        resp = client.audio_transcribe(data, vad=not args.no_vad, beam_size=args.beam_size,
+                                       timeout_s=args.timeout)
+        if args.output == "json":
+            out.write(render.json_doc({"file": path, "response": render.as_dict(resp)},
+                                      compact=len(files) > 1))
+            continue
+        rows = [resp.text] if not args.words else [
+            f"{w.start_seconds:8.2f}  {w.end_seconds:8.2f}  {w.word}"
+            for seg in resp.segments for w in seg.words]
+        head = f"{'' if n == 1 else chr(10)}==> {path} <==\n" if len(files) > 1 else ""
+        out.write(head + "\n".join(rows))
+    return OK
+
+
+def audio_synthesize(client: Client, args: Namespace, out: Output) -> int:
+    text = sys.stdin.read() if args.text == "-" else args.text
+    resp = client.audio_synthesize(text, length_scale=args.length_scale, timeout_s=args.timeout)
+    if resp.WhichOneof("output") == "audio_ref":
+        raise UsageError(f"the audio is over 4 MiB and was stored as {resp.audio_ref.key}; "
+                         "synthesize shorter text")
+    if not args.out:
+        raise UsageError("--out PATH is required (the WAV file to write)")
+    info = {"sample_rate": resp.sample_rate, "duration_seconds": round(resp.duration_seconds, 3),
+            "model_version": resp.model_version, "bytes": len(resp.audio)}
+    out.write_bytes(resp.audio)
+    print(render.json_doc(info) if args.output == "json" else
+          f"{resp.duration_seconds:.2f} s at {resp.sample_rate} Hz", file=sys.stderr)
+    return OK

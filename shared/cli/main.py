@@ -128,9 +128,11 @@ def build_parser() -> argparse.ArgumentParser:
                    help="idempotency key for --async (a repeat returns the first job); with "
                         "several files the n-th file uses ID-n")
 
-    au = areas.add_parser("audio", help="sound tagging and voice activity",
-                          description="Audio: sound tagging (YAMNet, 521 AudioSet classes) and "
-                                      "voice activity (silero VAD). Files: WAV, FLAC, Ogg, MP3.")
+    au = areas.add_parser("audio", help="sound tagging, voice activity, speech to and from text",
+                          description="Audio: sound tagging (YAMNet, 521 AudioSet classes), "
+                                      "voice activity (silero VAD), speech recognition (Whisper "
+                                      "tiny.en) and synthesis (piper). Files: WAV, FLAC, Ogg, "
+                                      "MP3.")
     verbs = au.add_subparsers(dest="verb", metavar="VERB", required=True)
     p = _command(verbs, "tag", commands.audio_tag,
                  "Tag the sounds of audio files: the top classes by mean score over the clip "
@@ -151,6 +153,23 @@ def build_parser() -> argparse.ArgumentParser:
                    help="drop shorter speech (default 250)")
     p.add_argument("--min-silence-ms", type=_count, default=0, metavar="MS",
                    help="shorter pauses do not split a segment (default 100)")
+    p = _command(verbs, "transcribe", commands.audio_transcribe,
+                 "Transcribe English speech (Whisper tiny.en after silero VAD): prints the "
+                 "text; --words prints `start end word` lines.",
+                 "jobmesh audio transcribe meeting.flac --words", flags)
+    p.add_argument("files", nargs="+", metavar="FILE", help="audio file(s) ('-' reads stdin)")
+    p.add_argument("--no-vad", action="store_true",
+                   help="transcribe the whole file, silence included")
+    p.add_argument("--beam-size", type=_count, default=0, metavar="N",
+                   help="beam width 1..5 (default: the server's, 1 = greedy)")
+    p.add_argument("--words", action="store_true", help="one line per word with its times")
+    p = _command(verbs, "synthesize", commands.audio_synthesize,
+                 "Synthesize English speech from TEXT ('-' reads stdin) into a WAV file given "
+                 "with --out (piper voice en_US-joe-medium).",
+                 'jobmesh audio synthesize "Your order has shipped." --out order.wav', flags)
+    p.add_argument("text", metavar="TEXT", help="at most 5,000 characters")
+    p.add_argument("--length-scale", type=float, default=0.0, metavar="S",
+                   help="speaking slowness, 0.25..4 (default: the voice's, 1.0)")
 
     tg = areas.add_parser("textgen", help="text generation",
                           description="Text generation (SmolLM2, lossless speculative "

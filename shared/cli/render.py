@@ -118,6 +118,16 @@ class Output:
             self._tmp = (os.fdopen(fd, "w", encoding="utf-8"), name)
         self._tmp[0].write(text)
 
+    def write_bytes(self, data: bytes) -> None:
+        """Binary output (a WAV file); needs `--out PATH`, written atomically like text."""
+        if self.path is None:
+            raise ValueError("binary output needs a file")
+        fd, name = tempfile.mkstemp(prefix=f".{self.path.name}.", dir=self.path.parent.resolve())
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        self._tmp = (open(name, "a", encoding="utf-8"), name)  # close() moves it into place
+        self.written = True
+
     def close(self) -> None:
         if self._tmp is None:
             return

@@ -197,6 +197,20 @@ class Client:
         return self._call("audio", audio_service_pb2_grpc.AudioServiceStub, "DetectSpeech",
                           req, timeout_s)
 
+    def audio_transcribe(self, audio: bytes, *, vad: bool = True, beam_size: int = 0,
+                         timeout_s: float | None = None) -> audio_pb.TranscribeResponse:
+        """English speech to text with word times (VAD pre-segmentation unless vad=False)."""
+        req = audio_pb.TranscribeRequest(audio=audio, disable_vad=not vad, beam_size=beam_size)
+        return self._call("audio", audio_service_pb2_grpc.AudioServiceStub, "Transcribe", req,
+                          timeout_s)
+
+    def audio_synthesize(self, text: str, *, length_scale: float = 0.0,
+                         timeout_s: float | None = None) -> audio_pb.SynthesizeResponse:
+        """English text to a WAV file (`audio` bytes, or `audio_ref` when over 4 MiB)."""
+        req = audio_pb.SynthesizeRequest(text=text, length_scale=length_scale)
+        return self._call("audio", audio_service_pb2_grpc.AudioServiceStub, "Synthesize", req,
+                          timeout_s)
+
     # Batches (each service's gateway serves the batches of its methods)
 
     def create_batch(self, service: str, method: str, manifest: bytes, *, request_id: str = "",

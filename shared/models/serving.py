@@ -23,6 +23,7 @@ class ServedModels:
         self.providers_override = providers_override
         self._runners: dict[str, tuple[str, ModelRunner]] = {}
         self._checked: dict[str, float] = {}
+        self._folders: dict[str, tuple[str, Path, float]] = {}
         self._lock = threading.Lock()
 
     @classmethod
@@ -55,6 +56,22 @@ class ServedModels:
                                                             "to": version})
             self._runners[name] = (version, runner)
             return runner
+
+    def folder(self, name: str) -> tuple[str, Path]:
+        """(`name@version`, verified local folder) of the version `name` serves now, for
+        models that are not one ONNX graph (e.g. a CTranslate2 folder); re-read at most every
+        refresh_s, like `get`."""
+        with self._lock:
+            cached = self._folders.get(name)
+            if cached and time.monotonic() - cached[2] < self.refresh_s:
+                return cached[0], cached[1]
+            label = f"{name}@{self.registry.serving_version(name)}"
+            if cached and cached[0] == label:
+                folder = cached[1]
+            else:
+                _, folder = self.registry.fetch(name, label.split("@", 1)[1], self.cache_dir)
+            self._folders[name] = (label, folder, time.monotonic())
+            return label, folder
 
     def versions(self) -> list[str]:
         return [f"{n}@{v}" for n, (v, _) in sorted(self._runners.items())]

@@ -153,3 +153,67 @@ def test_batch_of_files_through_the_cli(audio_stack, audio, tmp_path):
             "--api-key", TENANT_KEY, cwd=tmp_path)
     assert r.returncode == 0, r.stderr
     assert r.stdout.splitlines()[0].endswith("Speech")
+
+
+def test_transcribe_a_voice_clip_with_word_times(audio):
+    stub, _ = audio
+    pad = np.zeros(2 * 48000, np.float32)
+    import soundfile as sf_
+
+    wave, rate = sf_.read(io.BytesIO(SPEECH.read_bytes()), dtype="float32")
+    padded = wav(np.concatenate([pad, wave, pad]), rate)
+    r = stub.Transcribe(pb.TranscribeRequest(audio=padded), metadata=auth(), timeout=120)
+    words = [w for s in r.segments for w in s.words]
+    assert "front" in r.text.lower() and "center" in r.text.lower(), r.text
+    assert r.model_version.startswith("whisper-tiny-en@")
+    # The speech sits after 2 s of silence: VAD pre-segmentation maps times back to the file.
+    assert 1.9 < words[0].start_seconds and words[-1].end_seconds < 2.0 + len(wave) / rate + 0.3
+    assert [w.start_seconds for w in words] == sorted(w.start_seconds for w in words)
+
+
+def test_synthesize_then_transcribe_round_trip(audio):
+    from workers.audio.wer import word_error_rate
+
+    stub, _ = audio
+    text = "The quick brown fox jumps over the lazy dog."
+    r = stub.Synthesize(pb.SynthesizeRequest(text=text), metadata=auth(), timeout=120)
+    assert r.WhichOneof("output") == "audio" and r.sample_rate == 22050
+    info = sf.info(io.BytesIO(r.audio))
+    assert info.samplerate == 22050 and 1.0 < info.duration < 6.0
+    assert r.duration_seconds == pytest.approx(info.duration, abs=0.01)
+    back = stub.Transcribe(pb.TranscribeRequest(audio=r.audio), metadata=auth(), timeout=120)
+    # One or two misheard words in nine (the voice's noise is unseeded): a broken pipeline
+    # scores near 1.
+    assert word_error_rate(text, back.text) <= 0.25, back.text
+
+
+@pytest.mark.parametrize("req, field", [
+    (pb.SynthesizeRequest(text="   "), "text"),
+    (pb.SynthesizeRequest(text="x" * 5001), "text"),
+    (pb.SynthesizeRequest(text="Hello.", length_scale=9), "length_scale"),
+])
+def test_bad_synthesis_requests_name_the_field(audio, req, field):
+    stub, _ = audio
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Synthesize(req, metadata=auth(), timeout=30)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(e.value)["violations"][0][0] == field
+
+
+def test_cli_synthesize_and_transcribe(audio_stack, audio, tmp_path):
+    from tests.integration.test_cli import cli
+
+    base = ["--endpoint", audio_stack, "--api-key", TENANT_KEY]
+    r = cli("audio", "synthesize", "Your order has shipped.", "--out", tmp_path / "o.wav", *base,
+            cwd=tmp_path, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert sf.info(str(tmp_path / "o.wav")).samplerate == 22050
+    r = cli("audio", "transcribe", tmp_path / "o.wav", "--words", *base, cwd=tmp_path,
+            timeout=120)
+    assert r.returncode == 0, r.stderr
+    from workers.audio.wer import word_error_rate
+
+    words = [line.split()[-1] for line in r.stdout.splitlines()]
+    # The voice samples noise inside its graph (no seed), so a word may come back misheard
+    # ("shipped" -> "shit" in one run): the bound allows one miss in four words.
+    assert word_error_rate("Your order has shipped.", " ".join(words)) <= 0.25, words

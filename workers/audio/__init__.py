@@ -1,4 +1,4 @@
-"""Audio models' core: decoding and resampling (`decode`, `resample`), YAMNet sound tagging
-(`yamnet`, with `qparams` for its quantized input and output), silero voice activity (`vad`).
-Pure numpy + onnxruntime + soundfile; the Celery tasks sit on top.
-"""
+"""The audio worker: decoding and resampling (`decode`, `resample`), sound tagging (`yamnet`,
+`qparams`), voice activity (`vad`), block-by-block processing (`streaming`), speech recognition
+(`asr`), speech synthesis (`tts`), word error rate (`wer`), model registration (`models`) and
+the Celery tasks (`tasks`)."""

