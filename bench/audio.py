@@ -6,12 +6,15 @@
 2. **VAD boundaries**: each alsa voice clip padded with known silence before and after; the
    detected speech start and end against the padding (ms error), as the model sees it through
    the mesh.
-3. **Real-time factor through the mesh vs in-process**: seconds of audio per second of wall
-   time for Tag and DetectSpeech on a 60 s recording built from the clips, through gRPC →
-   Celery → worker and with the same models called in this process (ratio).
+3. **Speech recognition WER**: Whisper tiny.en through the mesh on the alsa voice clips (their
+   words are their file names, "Front Center" ...) and on synthesized sentences.
+4. **Synthesis**: real-time factor, and a round trip synthesize → transcribe (WER).
+5. **Real-time factor through the mesh vs in-process**: seconds of audio per second of wall
+   time for Tag, DetectSpeech and Transcribe on a 60 s recording built from the clips (and
+   seconds of speech produced per second for Synthesize), through gRPC → Celery → worker and
+   with the same models called in this process (ratio).
 
-Speech recognition and synthesis are not built yet, so their rows are absent. Writes
-`bench/results/audio.md` and `.json`."""
+Writes `bench/results/audio.md` and `.json`."""
 
 from __future__ import annotations
 
@@ -111,6 +114,49 @@ def vad_boundaries(client) -> dict:
             "rows": rows}
 
 
+SENTENCES = [
+    "The quick brown fox jumps over the lazy dog.",
+    "Please call me back tomorrow morning.",
+    "The meeting has been moved to Thursday afternoon.",
+    "Turn left at the next traffic light.",
+    "Our servers process thousands of requests every second.",
+    "She bought three apples and a loaf of bread.",
+]
+
+
+def speech_recognition(client) -> dict:
+    from workers.audio.wer import word_errors
+
+    rows = []
+    for path in sorted(ALSA.glob("*.wav")):
+        if path.name == "Noise.wav":
+            continue
+        ref = path.stem.replace("_", " ")
+        hyp = client.audio_transcribe(path.read_bytes()).text
+        rows.append({"clip": path.name, "reference": ref, "heard": hyp,
+                     "errors": word_errors(ref, hyp)[0], "words": word_errors(ref, hyp)[1]})
+    errors, words = sum(r["errors"] for r in rows), sum(r["words"] for r in rows)
+    return {"clips": len(rows), "wer": errors / words if words else None, "rows": rows}
+
+
+def synthesis(client) -> dict:
+    from workers.audio.wer import word_errors
+
+    rows, produced, spent = [], 0.0, 0.0
+    for text in SENTENCES:
+        t0 = time.perf_counter()
+        r = client.audio_synthesize(text)
+        spent += time.perf_counter() - t0
+        produced += r.duration_seconds
+        heard = client.audio_transcribe(r.audio).text
+        e, n = word_errors(text, heard)
+        rows.append({"text": text, "heard": heard, "errors": e, "words": n,
+                     "seconds": round(r.duration_seconds, 2)})
+    errors, words = sum(r["errors"] for r in rows), sum(r["words"] for r in rows)
+    return {"sentences": len(rows), "round_trip_wer": errors / words if words else None,
+            "x_realtime_through_mesh": round(produced / spent, 2), "rows": rows}
+
+
 def long_recording(seconds: float = 60.0) -> np.ndarray:
     """Voice clips and event sounds with gaps, repeated to `seconds` at 16 kHz."""
     from workers.audio.decode import decode
@@ -127,13 +173,16 @@ def long_recording(seconds: float = 60.0) -> np.ndarray:
 
 
 def rtf(client, data: bytes, seconds: float, repeats: int) -> dict:
-    from workers.audio import yamnet
+    from workers.audio import asr, tts, yamnet
     from workers.audio.decode import decode
     from workers.audio.vad import SileroVad, model_file
 
     onnx, labels = yamnet.model_files()
     tagger = yamnet.YamnetTagger(onnx, yamnet.load_labels(labels))
     vad = SileroVad(model_file())
+    whisper = asr.Transcriber(asr.model_dir())
+    voice = tts.Synthesizer(*tts.voice_files())
+    text = " ".join(SENTENCES)
 
     def inproc_tag():
         tagger.scores(decode(data, 16000))
@@ -141,11 +190,23 @@ def rtf(client, data: bytes, seconds: float, repeats: int) -> dict:
     def inproc_vad():
         vad.segments(decode(data, 16000))
 
-    paths = {"Tag": (lambda: client.audio_tag(data, timeout_s=300), inproc_tag),
+    def inproc_asr():
+        wave = decode(data, 16000)
+        whisper.transcribe(wave, vad.segments(wave))
+
+    def inproc_tts():
+        tts.to_wav(voice.synthesize(text), voice.sample_rate)
+
+    speech_s = client.audio_synthesize(text).duration_seconds
+    paths = {"Tag": (lambda: client.audio_tag(data, timeout_s=300), inproc_tag, seconds),
              "DetectSpeech": (lambda: client.audio_detect_speech(data, timeout_s=300),
-                              inproc_vad)}
+                              inproc_vad, seconds),
+             "Transcribe": (lambda: client.audio_transcribe(data, timeout_s=300), inproc_asr,
+                            seconds),
+             "Synthesize": (lambda: client.audio_synthesize(text, timeout_s=300), inproc_tts,
+                            speech_s)}
     out = {}
-    for name, (mesh, local) in paths.items():
+    for name, (mesh, local, audio_s) in paths.items():
         mesh(), local()  # warm
         times = {"mesh": [], "in_process": []}
         for k in range(repeats):  # interleaved A-B / B-A
@@ -155,8 +216,8 @@ def rtf(client, data: bytes, seconds: float, repeats: int) -> dict:
                 fn()
                 times[label].append(time.perf_counter() - t0)
         med = {k: statistics.median(v) for k, v in times.items()}
-        out[name] = {"mesh_x_realtime": round(seconds / med["mesh"], 1),
-                     "in_process_x_realtime": round(seconds / med["in_process"], 1),
+        out[name] = {"mesh_x_realtime": round(audio_s / med["mesh"], 1),
+                     "in_process_x_realtime": round(audio_s / med["in_process"], 1),
                      "ratio_mesh_over_in_process": round(med["in_process"] / med["mesh"], 3),
                      "median_s": {k: round(v, 3) for k, v in med.items()}}
     return out
@@ -201,13 +262,18 @@ def main(argv: list[str] | None = None) -> int:
                   f"{tags['clips']} clips", flush=True)
             vads = vad_boundaries(client)
             print(f"  VAD: median |error| {vads['median_abs_error_ms']} ms", flush=True)
+            asr_eval = speech_recognition(client)
+            print(f"  ASR: WER {asr_eval['wer']:.3f} on {asr_eval['clips']} clips", flush=True)
+            tts_eval = synthesis(client)
+            print(f"  TTS: round-trip WER {tts_eval['round_trip_wer']:.3f}", flush=True)
             wave = long_recording(args.seconds)
             speed = rtf(client, _wav(wave), len(wave) / 16000, args.repeats)
             print(f"  RTF: {speed}", flush=True)
     finally:
         release(stack, args.redis_url)
     load = meter.stop()
-    result = {"machine": facts, "load": load, "tagging": tags, "vad": vads, "rtf": speed,
+    result = {"machine": facts, "load": load, "tagging": tags, "vad": vads, "asr": asr_eval,
+              "tts": tts_eval, "rtf": speed,
               "rtf_seconds": args.seconds}
     lines = [f"# Audio evaluation ({machine.one_line(facts)})", "",
              f"Real recordings from Debian's alsa-utils and sound-theme-freedesktop. Foreign CPU "
@@ -230,14 +296,25 @@ def main(argv: list[str] | None = None) -> int:
               "| clip | segments | start error ms | end error ms |", "|---|---|---|---|"]
     lines += [f"| {r['clip']} | {r['segments']} | {r.get('start_error_ms', '—')} | "
               f"{r.get('end_error_ms', '—')} |" for r in vads["rows"]]
+    lines += ["", "## Speech recognition (Whisper tiny.en, int8, VAD pre-segmentation, through "
+              "the mesh)", "",
+              f"alsa voice clips (the words are the file names): WER {asr_eval['wer']:.3f} over "
+              f"{asr_eval['clips']} clips.", "", "| clip | heard |", "|---|---|"]
+    lines += [f"| {r['clip']} | {r['heard']} |" for r in asr_eval["rows"]]
+    lines += ["", "## Synthesis (piper en_US-joe-medium, espeak-ng phonemes, through the mesh)",
+              "",
+              f"{tts_eval['sentences']} sentences: {tts_eval['x_realtime_through_mesh']}x real "
+              f"time (seconds of speech per second of wall time, one call at a time); round "
+              f"trip synthesize -> transcribe WER {tts_eval['round_trip_wer']:.3f}.", "",
+              "| text | heard back |", "|---|---|"]
+    lines += [f"| {r['text']} | {r['heard']} |" for r in tts_eval["rows"]]
     lines += ["", f"## Real-time factor, {args.seconds:g} s recording (x real time, median of "
-              f"{args.repeats}, interleaved)", "",
+              f"{args.repeats}, interleaved; Synthesize: seconds of speech produced per second, "
+              "the six sentences as one text)", "",
               "| endpoint | through the mesh | in-process | ratio mesh / in-process |",
               "|---|---|---|---|"]
     lines += [f"| {name} | {v['mesh_x_realtime']} | {v['in_process_x_realtime']} | "
               f"{v['ratio_mesh_over_in_process']} |" for name, v in speed.items()]
-    lines += ["", "Not measured yet: speech recognition (WER) and synthesis (RTF, round trip): "
-              "those endpoints are not built."]
     report = "\n".join(lines) + "\n"
     print(report)
     if not args.no_write:

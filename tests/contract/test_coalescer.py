@@ -16,7 +16,7 @@ class RecordingCelery:
     def __init__(self):
         self.sent: list[tuple[str, dict, str]] = []
 
-    def send_task(self, name, args, queue):
+    def send_task(self, name, args, queue, headers=None):
         self.sent.append((name, args[0], queue))
 
 
