@@ -23,8 +23,14 @@ def inspect_input(data: bytes, max_pixels: int, max_pages: int, field: str = "im
     width, height, fmt = inspect_image(data, max_pixels, field)
     pages = 1
     if fmt == "TIFF":
-        with Image.open(io.BytesIO(data)) as img:
-            pages = int(getattr(img, "n_frames", 1))
+        try:
+            with Image.open(io.BytesIO(data)) as img:
+                # Counting pages parses every page's header; a later page can be broken even
+                # when the first is fine (found by tests/fuzz: a page without a size).
+                pages = int(getattr(img, "n_frames", 1))
+        except (OSError, SyntaxError, ValueError, TypeError, KeyError) as exc:
+            raise InvalidArgument.for_field(field, "is a TIFF with an unreadable page",
+                                            reason="UNDECODABLE_INPUT") from exc
     if pages > max_pages:
         raise InvalidArgument.for_field(field, f"has {pages} pages; the limit is {max_pages}",
                                         reason="INPUT_TOO_LARGE")
@@ -47,7 +53,11 @@ def _inspect_pdf(data: bytes, max_pixels: int, max_pages: int, field: str, dpi: 
             raise InvalidArgument.for_field(field, f"has {pages} pages; the limit is "
                                             f"{max_pages}", reason="INPUT_TOO_LARGE")
         for n in range(pages):
-            w, h = doc.get_page_size(n)
+            try:
+                w, h = doc.get_page_size(n)
+            except pdfium.PdfiumError as exc:  # e.g. a page object that is not a /Page
+                raise InvalidArgument.for_field(field, f"page {n + 1} is not readable",
+                                                reason="UNDECODABLE_INPUT") from exc
             pixels = int(w * dpi / 72) * int(h * dpi / 72)
             if pixels > max_pixels:
                 raise InvalidArgument.for_field(

@@ -44,7 +44,8 @@ class ArtifactRef:
 def tenant_key(tenant: str, *parts: str) -> str:
     """`tenants/<tenant>/<parts...>`; each part must be a plain name (no `/`, no `..`)."""
     for p in (tenant, *parts):
-        if not _SAFE_PART.match(p) or ".." in p:
+        # fullmatch: `$` would also match before a trailing newline ("a\n" is not a name).
+        if not _SAFE_PART.fullmatch(p) or ".." in p:
             raise InvalidArgument.for_field("key", f"unsafe path component {p!r}")
     return "/".join(("tenants", tenant, *parts))
 

@@ -125,6 +125,9 @@ def _blocks(data: bytes, info: AudioInfo, target_rate: int, block_len: int,
             if decoded > max_frames:
                 raise AudioError(f"is longer than the limit of {limits.max_seconds:g} s",
                                  reason="INPUT_TOO_LARGE")
+            if not np.isfinite(frames).all():  # float files can hold NaN/inf (tests/fuzz)
+                raise AudioError("has NaN or infinite samples (after frame "
+                                 f"{decoded - len(frames)})", reason="UNDECODABLE_INPUT")
             mono = frames[:, 0] if info.channels == 1 else frames.mean(axis=1)
             out = resampler.push(mono)
             pending.append(out)
