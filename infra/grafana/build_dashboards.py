@@ -59,7 +59,8 @@ class Domain:
 
 DOMAINS = {
     "ocr": Domain("OCR", "jobmesh.ocr.v1.OcrService", r"ppocr-(det|rec|cls)@.+"),
-    "audio": Domain("Audio", "jobmesh.audio.v1.AudioService", r"(yamnet|silero-vad)@.+"),
+    "audio": Domain("Audio", "jobmesh.audio.v1.AudioService",
+                    r"(yamnet|silero-vad|whisper-tiny-en|piper-joe-medium)@.+"),
     "textgen": Domain("Text generation", "jobmesh.textgen.v1.TextGenerationService",
                       r"smollm2-135m-instruct@.+"),
 }

@@ -341,7 +341,7 @@ def _constants(path: Path) -> dict[str, str]:
 # The names each domain's workers load (ServedModels labels them `name@version`).
 WORKER_MODELS = {
     "ocr": ("workers/ocr/tasks.py", ("DET", "REC", "CLS")),
-    "audio": ("workers/audio/models.py", ("TAGGER_NAME", "VAD_NAME")),
+    "audio": ("workers/audio/models.py", ("TAGGER_NAME", "VAD_NAME", "ASR_NAME", "VOICE_NAME")),
     "textgen": ("workers/textgen/export.py", ("MODEL_NAME",)),
 }
 

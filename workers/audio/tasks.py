@@ -8,13 +8,16 @@ the VAD only its recurrent state and one probability per 32 ms."""
 from __future__ import annotations
 
 import base64
+import functools
 import logging
 import os
+import time
 
 import numpy as np
 from celery import signals
 
 from services.audio import convert as audio_convert
+from shared import metrics
 from shared.config import Settings
 from shared.errors import InvalidArgument, JobmeshError
 from shared.jobs.celery_app import make_celery
@@ -140,6 +143,25 @@ def _blocks(ctx: JobContext, request: dict):
     return meta, gen()
 
 
+def _metered(stage: str):
+    """Records a request's compute time (decode included) under the model that ran, as
+    `compute_duration_seconds{model, stage}`: the models here are called once per window
+    (thousands of tiny calls), so the useful figure is per request, not per call."""
+
+    def wrap(fn):
+        @functools.wraps(fn)
+        def run(ctx: JobContext, request: dict) -> dict:
+            t0 = time.perf_counter()
+            out = fn(ctx, request)
+            metrics.COMPUTE_DURATION.labels(model=out.get("model_version", stage),
+                                            stage=stage).observe(time.perf_counter() - t0)
+            return out
+        return run
+
+    return wrap
+
+
+@_metered("tag")
 def tag_one(ctx: JobContext, request: dict) -> dict:
     opts = request.get("options", {})
     t, version = tagger(opts.get("model", audio_convert.DEFAULT_TAGGER))
@@ -158,6 +180,7 @@ def tag_one(ctx: JobContext, request: dict) -> dict:
     return result
 
 
+@_metered("detect_speech")
 def detect_speech_one(ctx: JobContext, request: dict) -> dict:
     opts = request.get("options", {})
     v, version = vad()
@@ -169,6 +192,7 @@ def detect_speech_one(ctx: JobContext, request: dict) -> dict:
             "model_version": version}
 
 
+@_metered("transcribe")
 def transcribe_one(ctx: JobContext, request: dict) -> dict:
     """VAD first (streamed), then Whisper over the speech only: silence costs nothing and gets
     no invented words. Whisper needs the samples in memory; the limit on input length bounds
@@ -191,6 +215,7 @@ def transcribe_one(ctx: JobContext, request: dict) -> dict:
     return {**out, "info": meta, "model_version": version}
 
 
+@_metered("synthesize")
 def synthesize_one(ctx: JobContext, request: dict) -> dict:
     s, version = voice()
     try:
