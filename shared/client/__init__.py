@@ -1,4 +1,5 @@
-"""The Python SDK: settings resolution, a typed sync `Client`, and its error.
+"""The Python SDK: settings resolution, a typed sync `Client`, its asyncio twin `AsyncClient`,
+and their error.
 
 Imports nothing server-side (only `shared` for the generated stubs, grpc and protobuf), so it
 ships to callers as is.
@@ -8,11 +9,13 @@ ships to callers as is.
         print(c.ocr_recognize(open("page.png", "rb").read()).text)
 """
 
+from shared.client.aio import AsyncClient
 from shared.client.errors import JobmeshClientError
 from shared.client.sdk import DEFAULT_TIMEOUT_S, TERMINAL, Client, job_response, job_state
 from shared.client.settings import ClientSettings, ConfigError
 
 __all__ = [
+    "AsyncClient",
     "DEFAULT_TIMEOUT_S",
     "TERMINAL",
     "Client",

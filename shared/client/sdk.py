@@ -25,8 +25,8 @@ from jobmesh.jobs.v1 import (
 from jobmesh.models.v1 import model_service_pb2, model_service_pb2_grpc
 from jobmesh.ocr.v1 import ocr_service_pb2, ocr_service_pb2_grpc
 from jobmesh.textgen.v1 import textgen_service_pb2 as textgen_pb
-from jobmesh.textgen.v1 import textgen_service_pb2_grpc
 
+from shared.client import calls
 from shared.client.channel import TrackedChannel
 from shared.client.errors import JobmeshClientError
 from shared.client.settings import ClientSettings
@@ -94,6 +94,10 @@ class Client:
             self._channels[target] = TrackedChannel(target)
         return self._channels[target]
 
+    def run(self, call: calls.Call, timeout_s: float | None = None):
+        """Sends one unary `Call` (see `shared.client.calls`) and returns its response."""
+        return self._call(call.domain, call.stub, call.method, call.request, timeout_s)
+
     def _call(self, domain: str, stub: Callable, method: str, request: message.Message,
               timeout_s: float | None = None):
         ch = self._channel(domain)
@@ -107,34 +111,22 @@ class Client:
 
     # Text generation
 
-    @staticmethod
-    def _generation(prompt: str | None, messages: list[dict] | None, params: dict,
-                    cls=textgen_pb.GenerateRequest):
-        """A Generate(Stream)Request from a prompt or chat messages and parameter keywords
-        (max_new_tokens, temperature, top_p, top_k, seed, stop, speculation)."""
-        req = cls(parameters=_params(**params))
-        if messages is not None:
-            req.conversation.messages.extend(textgen_pb.ChatMessage(**m) for m in messages)
-        else:
-            req.prompt = prompt or ""
-        return req
-
     def textgen_generate(self, prompt: str | None = None, *, messages: list[dict] | None = None,
                          timeout_s: float | None = None, **params
                          ) -> textgen_pb.GenerateResponse:
         """Generates a completion (waits for it)."""
-        return self._call("textgen", textgen_service_pb2_grpc.TextGenerationServiceStub,
-                          "Generate", self._generation(prompt, messages, params), timeout_s)
+        return self.run(calls.textgen_generate(prompt, messages, params), timeout_s)
 
     def textgen_stream(self, prompt: str | None = None, *, messages: list[dict] | None = None,
                        timeout_s: float | None = None, **params
                        ) -> Iterator[textgen_pb.GenerateStreamResponse]:
         """Token deltas as they are decoded, then one message with `final` set. Closing the
         iterator cancels the stream (and the server stops decoding)."""
-        ch = self._channel("textgen")
-        call = textgen_service_pb2_grpc.TextGenerationServiceStub(ch.channel).GenerateStream(
-            self._generation(prompt, messages, params, textgen_pb.GenerateStreamRequest),
-            metadata=self._metadata, timeout=self.timeout_s if timeout_s is None else timeout_s)
+        spec = calls.textgen_stream(prompt, messages, params)
+        ch = self._channel(spec.domain)
+        call = spec.stub(ch.channel).GenerateStream(
+            spec.request, metadata=self._metadata,
+            timeout=self.timeout_s if timeout_s is None else timeout_s)
         try:
             yield from call
         except grpc.RpcError as err:
@@ -148,22 +140,15 @@ class Client:
                       timeout_s: float | None = None) -> ocr_service_pb2.RecognizeResponse:
         """Recognizes one encoded image and waits for the text (min_confidence 0 = default;
         long_lines=False turns tiled detection and windowed recognition off)."""
-        options = ocr_service_pb2.RecognizeOptions(classify_angle=classify_angle,
-                                                   min_confidence=min_confidence,
-                                                   disable_long_lines=not long_lines)
-        req = ocr_service_pb2.RecognizeRequest(image=image, options=options)
-        return self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "Recognize", req, timeout_s)
+        return self.run(calls.ocr_recognize(image, classify_angle, min_confidence, long_lines),
+                        timeout_s)
 
     def ocr_submit(self, image: bytes, request_id: str = "", classify_angle: bool = False,
                    min_confidence: float = 0.0, *, long_lines: bool = True,
                    timeout_s: float | None = None) -> job_pb2.Job:
         """Queues recognition as a job; a repeated `request_id` returns the first job."""
-        req = ocr_service_pb2.SubmitRecognizeRequest(
-            request_id=request_id, image=image, options=ocr_service_pb2.RecognizeOptions(
-                classify_angle=classify_angle, min_confidence=min_confidence,
-                disable_long_lines=not long_lines))
-        return self._call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "SubmitRecognize", req,
-                          timeout_s).job
+        return self.run(calls.ocr_submit(image, request_id, classify_angle, min_confidence,
+                                         long_lines), timeout_s).job
 
     def upload(self, service: str, data: bytes, content_type: str = "application/octet-stream",
                *, timeout_s: float | None = None):
@@ -183,33 +168,24 @@ class Client:
     def audio_tag(self, audio: bytes, *, top_k: int = 0, segments: bool = False,
                   model: str = "", timeout_s: float | None = None) -> audio_pb.TagResponse:
         """Tags the sounds of one encoded file (top_k 0 = the server's default, 5)."""
-        req = audio_pb.TagRequest(audio=audio, top_k=top_k, segments=segments, model=model)
-        return self._call("audio", audio_service_pb2_grpc.AudioServiceStub, "Tag", req,
-                          timeout_s)
+        return self.run(calls.audio_tag(audio, top_k, segments, model), timeout_s)
 
     def audio_detect_speech(self, audio: bytes, *, threshold: float = 0.0,
                             min_speech_ms: int = 0, min_silence_ms: int = 0,
                             timeout_s: float | None = None) -> audio_pb.DetectSpeechResponse:
         """Speech segments of one encoded file (zero values = the server's defaults)."""
-        req = audio_pb.DetectSpeechRequest(audio=audio, threshold=threshold,
-                                           min_speech_ms=min_speech_ms,
-                                           min_silence_ms=min_silence_ms)
-        return self._call("audio", audio_service_pb2_grpc.AudioServiceStub, "DetectSpeech",
-                          req, timeout_s)
+        return self.run(calls.audio_detect_speech(audio, threshold, min_speech_ms,
+                                                  min_silence_ms), timeout_s)
 
     def audio_transcribe(self, audio: bytes, *, vad: bool = True, beam_size: int = 0,
                          timeout_s: float | None = None) -> audio_pb.TranscribeResponse:
         """English speech to text with word times (VAD pre-segmentation unless vad=False)."""
-        req = audio_pb.TranscribeRequest(audio=audio, disable_vad=not vad, beam_size=beam_size)
-        return self._call("audio", audio_service_pb2_grpc.AudioServiceStub, "Transcribe", req,
-                          timeout_s)
+        return self.run(calls.audio_transcribe(audio, vad, beam_size), timeout_s)
 
     def audio_synthesize(self, text: str, *, length_scale: float = 0.0,
                          timeout_s: float | None = None) -> audio_pb.SynthesizeResponse:
         """English text to a WAV file (`audio` bytes, or `audio_ref` when over 4 MiB)."""
-        req = audio_pb.SynthesizeRequest(text=text, length_scale=length_scale)
-        return self._call("audio", audio_service_pb2_grpc.AudioServiceStub, "Synthesize", req,
-                          timeout_s)
+        return self.run(calls.audio_synthesize(text, length_scale), timeout_s)
 
     # Batches (each service's gateway serves the batches of its methods)
 
@@ -219,11 +195,8 @@ class Client:
         """Creates a batch from JSONL `manifest` bytes (`{"custom_id", "body"}` per line): sent
         inline when small, else uploaded through a presigned URL first. A manifest with bad
         lines raises INVALID_ARGUMENT with one field violation per line (`line N: ...`)."""
-        stub = batch_service_pb2_grpc.BatchServiceStub
-        req = batch_service_pb2.CreateBatchRequest(request_id=request_id, service=service,
-                                                   method=method)
-        if completion_window_s is not None:
-            req.completion_window.FromNanoseconds(int(completion_window_s * 1e9))
+        spec = calls.create_batch(service, method, request_id, completion_window_s)
+        stub, req = spec.stub, spec.request
         if len(manifest) <= inline_limit:
             req.inline_manifest = manifest
         else:
@@ -275,9 +248,7 @@ class Client:
     def wait_job(self, name: str, timeout_s: float = DEFAULT_TIMEOUT_S) -> job_pb2.Job:
         """Blocks until the job is done or `timeout_s` passes; returns the job either way
         (check `job.done`)."""
-        req = job_service_pb2.WaitJobRequest(name=name)
-        req.timeout.FromNanoseconds(int(timeout_s * 1e9))
-        return self._jobs("WaitJob", req, timeout_s + WAIT_MARGIN_S).job
+        return self.run(calls.wait_job(name, timeout_s), timeout_s + WAIT_MARGIN_S).job
 
     def watch_job(self, name: str, *, timeout_s: float | None = None
                   ) -> Iterator[job_service_pb2.WatchJobResponse]:
@@ -340,19 +311,3 @@ def http_get(url: str, timeout_s: float) -> bytes:
     except OSError as exc:
         raise JobmeshClientError(grpc.StatusCode.UNAVAILABLE, f"download failed: {exc}",
                                  reason="DOWNLOAD_FAILED") from None
-
-
-_SPECULATION = {"off": textgen_pb.SPECULATION_OFF, "auto": textgen_pb.SPECULATION_AUTO,
-                "token_recycling": textgen_pb.SPECULATION_TOKEN_RECYCLING,
-                "prompt_lookup": textgen_pb.SPECULATION_PROMPT_LOOKUP}
-
-
-def _params(max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 0.0,
-            top_k: int = 0, seed: int | None = None, stop: list[str] | None = None,
-            speculation: str = "auto") -> textgen_pb.GenerationParameters:
-    p = textgen_pb.GenerationParameters(max_new_tokens=max_new_tokens, temperature=temperature,
-                                        top_p=top_p, top_k=top_k, stop=stop or [],
-                                        speculation=_SPECULATION[speculation])
-    if seed is not None:
-        p.seed = seed
-    return p

@@ -1,0 +1,134 @@
+"""What each SDK call sends, built once for both clients: a `Call` names the domain whose
+gateway answers, the stub, the method and the request message. `Client` (sync) and
+`AsyncClient` (asyncio) only differ in how they send it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from google.protobuf import message
+from jobmesh.audio.v1 import audio_service_pb2 as audio_pb
+from jobmesh.audio.v1 import audio_service_pb2_grpc
+from jobmesh.jobs.v1 import (
+    batch_service_pb2,
+    batch_service_pb2_grpc,
+    job_service_pb2,
+    job_service_pb2_grpc,
+)
+from jobmesh.ocr.v1 import ocr_service_pb2, ocr_service_pb2_grpc
+from jobmesh.textgen.v1 import textgen_service_pb2 as textgen_pb
+from jobmesh.textgen.v1 import textgen_service_pb2_grpc
+
+SPECULATION = {"off": textgen_pb.SPECULATION_OFF, "auto": textgen_pb.SPECULATION_AUTO,
+               "token_recycling": textgen_pb.SPECULATION_TOKEN_RECYCLING,
+               "prompt_lookup": textgen_pb.SPECULATION_PROMPT_LOOKUP}
+
+
+@dataclass(frozen=True)
+class Call:
+    domain: str  # which endpoint answers (`endpoint_for(domain)`)
+    stub: type
+    method: str
+    request: message.Message
+
+
+def generation_params(max_new_tokens: int = 0, temperature: float = 0.0, top_p: float = 0.0,
+                      top_k: int = 0, seed: int | None = None, stop: list[str] | None = None,
+                      speculation: str = "auto") -> textgen_pb.GenerationParameters:
+    p = textgen_pb.GenerationParameters(max_new_tokens=max_new_tokens, temperature=temperature,
+                                        top_p=top_p, top_k=top_k, stop=stop or [],
+                                        speculation=SPECULATION[speculation])
+    if seed is not None:
+        p.seed = seed
+    return p
+
+
+def generation(prompt: str | None, messages: list[dict] | None, params: dict,
+               cls=textgen_pb.GenerateRequest):
+    """A Generate(Stream)Request from a prompt or chat messages and parameter keywords
+    (max_new_tokens, temperature, top_p, top_k, seed, stop, speculation)."""
+    req = cls(parameters=generation_params(**params))
+    if messages is not None:
+        req.conversation.messages.extend(textgen_pb.ChatMessage(**m) for m in messages)
+    else:
+        req.prompt = prompt or ""
+    return req
+
+
+def textgen_generate(prompt, messages, params) -> Call:
+    return Call("textgen", textgen_service_pb2_grpc.TextGenerationServiceStub, "Generate",
+                generation(prompt, messages, params))
+
+
+def textgen_stream(prompt, messages, params) -> Call:
+    return Call("textgen", textgen_service_pb2_grpc.TextGenerationServiceStub,
+                "GenerateStream",
+                generation(prompt, messages, params, textgen_pb.GenerateStreamRequest))
+
+
+def ocr_options(classify_angle: bool, min_confidence: float, long_lines: bool):
+    return ocr_service_pb2.RecognizeOptions(classify_angle=classify_angle,
+                                            min_confidence=min_confidence,
+                                            disable_long_lines=not long_lines)
+
+
+def ocr_recognize(image: bytes, classify_angle: bool = False, min_confidence: float = 0.0,
+                  long_lines: bool = True) -> Call:
+    return Call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "Recognize",
+                ocr_service_pb2.RecognizeRequest(
+                    image=image, options=ocr_options(classify_angle, min_confidence,
+                                                     long_lines)))
+
+
+def ocr_submit(image: bytes, request_id: str = "", classify_angle: bool = False,
+               min_confidence: float = 0.0, long_lines: bool = True) -> Call:
+    return Call("ocr", ocr_service_pb2_grpc.OcrServiceStub, "SubmitRecognize",
+                ocr_service_pb2.SubmitRecognizeRequest(
+                    request_id=request_id, image=image,
+                    options=ocr_options(classify_angle, min_confidence, long_lines)))
+
+
+def _audio(method: str, request: message.Message) -> Call:
+    return Call("audio", audio_service_pb2_grpc.AudioServiceStub, method, request)
+
+
+def audio_tag(audio: bytes, top_k: int = 0, segments: bool = False, model: str = "") -> Call:
+    return _audio("Tag", audio_pb.TagRequest(audio=audio, top_k=top_k, segments=segments,
+                                             model=model))
+
+
+def audio_detect_speech(audio: bytes, threshold: float = 0.0, min_speech_ms: int = 0,
+                        min_silence_ms: int = 0) -> Call:
+    return _audio("DetectSpeech", audio_pb.DetectSpeechRequest(
+        audio=audio, threshold=threshold, min_speech_ms=min_speech_ms,
+        min_silence_ms=min_silence_ms))
+
+
+def audio_transcribe(audio: bytes, vad: bool = True, beam_size: int = 0) -> Call:
+    return _audio("Transcribe", audio_pb.TranscribeRequest(audio=audio, disable_vad=not vad,
+                                                           beam_size=beam_size))
+
+
+def audio_synthesize(text: str, length_scale: float = 0.0) -> Call:
+    return _audio("Synthesize", audio_pb.SynthesizeRequest(text=text,
+                                                           length_scale=length_scale))
+
+
+def jobs(method: str, request: message.Message) -> Call:
+    return Call("jobs", job_service_pb2_grpc.JobServiceStub, method, request)
+
+
+def wait_job(name: str, timeout_s: float) -> Call:
+    req = job_service_pb2.WaitJobRequest(name=name)
+    req.timeout.FromNanoseconds(int(timeout_s * 1e9))
+    return jobs("WaitJob", req)
+
+
+def create_batch(service: str, method: str, request_id: str = "",
+                 completion_window_s: float | None = None) -> Call:
+    """CreateBatch without its manifest (the caller sets `inline_manifest` or `input_file`)."""
+    req = batch_service_pb2.CreateBatchRequest(request_id=request_id, service=service,
+                                               method=method)
+    if completion_window_s is not None:
+        req.completion_window.FromNanoseconds(int(completion_window_s * 1e9))
+    return Call(service, batch_service_pb2_grpc.BatchServiceStub, "CreateBatch", req)
