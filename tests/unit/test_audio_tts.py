@@ -188,7 +188,11 @@ def test_round_trip_through_speech_recognition(synth):
         pytest.skip(str(exc))
     for text in ["Please call me back before noon tomorrow.",
                  "The weather today is sunny and warm."]:
-        wave = resample(synth.synthesize(text), synth.sample_rate, 16000)
+        # No noise: the voice samples it inside its graph without a seed, and one noisy take
+        # in CI was heard as "... back before and in tomorrow" (WER 0.29). Noise-free speech
+        # is the same every run, so the bound tests the pipeline, not luck.
+        wave = resample(synth.synthesize(text, noise_scale=0.0, noise_w=0.0), synth.sample_rate,
+                        16000)
         heard = transcriber.transcribe(wave)["text"]
         assert word_error_rate(text, heard) <= 0.2, heard
 
