@@ -164,58 +164,56 @@ def _generation_json(resp) -> dict:
             "model_version": resp.model_version}
 
 
-def audio_tag(client: Client, args: Namespace, out: Output) -> int:
+def _each_file(args: Namespace, out: Output, call, text_rows) -> int:
+    """Runs `call(data)` per input file and prints its response: proto JSON (one compact
+    document per file when several), or `text_rows(resp)` under an `==> path <==` header
+    when several files are given."""
     files = [(path, _read(path)) for path in args.files]
+    several = len(files) > 1
     for n, (path, data) in enumerate(files, start=1):
-        resp = client.audio_tag(data, top_k=args.top_k, segments=args.segments,
-                                model=args.model, timeout_s=args.timeout)
+        resp = call(data)
         if args.output == "json":
             out.write(render.json_doc({"file": path, "response": render.as_dict(resp)},
-                                      compact=len(files) > 1))
+                                      compact=several))
             continue
-        rows = [f"{c.score:6.3f}  {c.label}" for c in resp.top]
+        head = f"{'' if n == 1 else chr(10)}==> {path} <==\n" if several else ""
+        out.write(head + "\n".join(text_rows(resp)))
+    return OK
+
+
+def audio_tag(client: Client, args: Namespace, out: Output) -> int:
+    def rows(resp) -> list[str]:
+        lines = [f"{c.score:6.3f}  {c.label}" for c in resp.top]
         for seg in resp.segments:
             best = seg.top[0] if seg.top else None
-            rows.append(f"  {seg.start_seconds:8.2f}-{seg.end_seconds:<8.2f} "
-                        f"{best.label if best else '-'} {best.score if best else 0:.3f}")
-        head = f"{'' if n == 1 else chr(10)}==> {path} <==\n" if len(files) > 1 else ""
-        out.write(head + "\n".join(rows))
-    return OK
+            lines.append(f"  {seg.start_seconds:8.2f}-{seg.end_seconds:<8.2f} "
+                         f"{best.label if best else '-'} {best.score if best else 0:.3f}")
+        return lines
+
+    return _each_file(args, out, lambda data: client.audio_tag(
+        data, top_k=args.top_k, segments=args.segments, model=args.model,
+        timeout_s=args.timeout), rows)
 
 
 def audio_vad(client: Client, args: Namespace, out: Output) -> int:
-    files = [(path, _read(path)) for path in args.files]
-    for n, (path, data) in enumerate(files, start=1):
-        resp = client.audio_detect_speech(data, threshold=args.threshold,
-                                          min_speech_ms=args.min_speech_ms,
-                                          min_silence_ms=args.min_silence_ms,
-                                          timeout_s=args.timeout)
-        if args.output == "json":
-            out.write(render.json_doc({"file": path, "response": render.as_dict(resp)},
-                                      compact=len(files) > 1))
-            continue
-        rows = [f"{s.start_seconds:8.2f}  {s.end_seconds:8.2f}" for s in resp.segments]
-        rows.append(f"speech {resp.speech_seconds:.2f} s of {resp.info.duration_seconds:.2f} s")
-        head = f"{'' if n == 1 else chr(10)}==> {path} <==\n" if len(files) > 1 else ""
-        out.write(head + "\n".join(rows))
-    return OK
+    def rows(resp) -> list[str]:
+        return [f"{s.start_seconds:8.2f}  {s.end_seconds:8.2f}" for s in resp.segments] + [
+            f"speech {resp.speech_seconds:.2f} s of {resp.info.duration_seconds:.2f} s"]
+
+    return _each_file(args, out, lambda data: client.audio_detect_speech(
+        data, threshold=args.threshold, min_speech_ms=args.min_speech_ms,
+        min_silence_ms=args.min_silence_ms, timeout_s=args.timeout), rows)
 
 
 def audio_transcribe(client: Client, args: Namespace, out: Output) -> int:
-    files = [(path, _read(path)) for path in args.files]
-    for n, (path, data) in enumerate(files, start=1):
-        resp = client.audio_transcribe(data, vad=not args.no_vad, beam_size=args.beam_size,
-                                       timeout_s=args.timeout)
-        if args.output == "json":
-            out.write(render.json_doc({"file": path, "response": render.as_dict(resp)},
-                                      compact=len(files) > 1))
-            continue
-        rows = [resp.text] if not args.words else [
-            f"{w.start_seconds:8.2f}  {w.end_seconds:8.2f}  {w.word}"
-            for seg in resp.segments for w in seg.words]
-        head = f"{'' if n == 1 else chr(10)}==> {path} <==\n" if len(files) > 1 else ""
-        out.write(head + "\n".join(rows))
-    return OK
+    def rows(resp) -> list[str]:
+        if not args.words:
+            return [resp.text]
+        return [f"{w.start_seconds:8.2f}  {w.end_seconds:8.2f}  {w.word}"
+                for seg in resp.segments for w in seg.words]
+
+    return _each_file(args, out, lambda data: client.audio_transcribe(
+        data, vad=not args.no_vad, beam_size=args.beam_size, timeout_s=args.timeout), rows)
 
 
 def audio_synthesize(client: Client, args: Namespace, out: Output) -> int:
