@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import io
-import json
 import statistics
 import time
 from pathlib import Path
@@ -29,8 +28,8 @@ import numpy as np
 
 from bench import machine
 from bench.ocr_mesh import API_KEY, bench_env, claim_db, release
+from bench.report import publish
 
-RESULTS = Path(__file__).resolve().parent / "results"
 ALSA = Path("/usr/share/sounds/alsa")
 THEME = Path("/usr/share/sounds/freedesktop/stereo")
 SPEECH = {"Speech", "Male speech, man speaking", "Female speech, woman speaking",
@@ -315,12 +314,7 @@ def main(argv: list[str] | None = None) -> int:
               "|---|---|---|---|"]
     lines += [f"| {name} | {v['mesh_x_realtime']} | {v['in_process_x_realtime']} | "
               f"{v['ratio_mesh_over_in_process']} |" for name, v in speed.items()]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "audio.md").write_text(report)
-        (RESULTS / "audio.json").write_text(json.dumps(result, indent=2) + "\n")
+    publish("audio", lines, result, write=not args.no_write)
     return 0
 
 

@@ -20,8 +20,7 @@ from pathlib import Path
 
 from bench import machine
 from bench import ocr_mesh as om
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from bench.report import publish
 
 
 def run_sync(address: str, pngs: list[bytes], concurrency: int) -> dict:
@@ -101,12 +100,7 @@ def main(argv: list[str] | None = None) -> int:
              f"{result['ratio_batch_over_sync']} |", "",
              f"Same text from both paths: {result['same_text']}; failed batch lines: "
              f"{result['batch_failed_lines']}."]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "batch.md").write_text(report)
-        (RESULTS / "batch.json").write_text(json.dumps(result, indent=2) + "\n")
+    publish("batch", lines, result, write=not args.no_write)
     return 0
 
 

@@ -24,20 +24,19 @@ Usage: python -m bench.textgen [--quick] [--no-hf] [--sweep] [--max-new-tokens N
 from __future__ import annotations
 
 import argparse
-import json
 import random
 import statistics
 import time
 from pathlib import Path
 
 from bench import machine
+from bench.report import publish
 from bench.textgen_mesh import TextgenMesh, stream_once, stream_summary
 from workers.textgen.decoding import GenerationParams
 from workers.textgen.export import export_model, load_reference_model
 from workers.textgen.session import OrtSession, load_generator
 from workers.textgen.speculation import TokenRecycler, size_tree
 
-RESULTS = Path(__file__).resolve().parent / "results"
 OURS = ("off", "token_recycling", "prompt_lookup", "auto")
 PEERS = ("hf_greedy", "hf_prompt_lookup")
 
@@ -302,16 +301,10 @@ def main(argv: list[str] | None = None) -> int:
                   "| nodes | tok/s | tokens/step |", "|---|---|---|"]
         lines += [f"| {n} | {s['tokens_per_s']} | {s['mean_accepted_per_step']} |"
                   for n, s in sweep.items()]
-    report = "\n".join(lines) + "\n"
-    print(report)
-    if not args.no_write:
-        RESULTS.mkdir(exist_ok=True)
-        (RESULTS / "textgen.md").write_text(report)
-        (RESULTS / "textgen.json").write_text(json.dumps(
-            {"machine": facts, "load": load, "max_new_tokens": max_new,
-             "cost_curve_s": curve, "tree_nodes": gens["off"].tree_nodes,
-             "tree_nodes_optimum": chosen, "table": table,
-             "sweep": sweep, "streaming": streaming}, indent=2) + "\n")
+    publish("textgen", lines, {
+        "machine": facts, "load": load, "max_new_tokens": max_new, "cost_curve_s": curve,
+        "tree_nodes": gens["off"].tree_nodes, "tree_nodes_optimum": chosen, "table": table,
+        "sweep": sweep, "streaming": streaming}, write=not args.no_write)
     return 0
 
 
