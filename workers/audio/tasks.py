@@ -253,39 +253,19 @@ def _each(fn):
     return run
 
 
-tag_many = _each(tag_one)
-detect_speech_many = _each(detect_speech_one)
-transcribe_many = _each(transcribe_one)
-synthesize_many = _each(synthesize_one)
-
-
-@kit.task(audio_convert.TAG_TASK)
-def tag(ctx: JobContext, request: dict) -> dict:
-    return tag_one(ctx, request)
-
-
-@kit.task(audio_convert.VAD_TASK)
-def detect_speech(ctx: JobContext, request: dict) -> dict:
-    return detect_speech_one(ctx, request)
-
-
-@kit.task(audio_convert.ASR_TASK)
-def transcribe(ctx: JobContext, request: dict) -> dict:
-    return transcribe_one(ctx, request)
-
-
-@kit.task(audio_convert.TTS_TASK)
-def synthesize(ctx: JobContext, request: dict) -> dict:
-    return synthesize_one(ctx, request)
-
-
-kit.batch_task(audio_convert.TAG_BATCH_TASK, response=audio_convert.tag_response)(tag_many)
-kit.batch_task(audio_convert.ASR_BATCH_TASK,
-               response=audio_convert.asr_response)(transcribe_many)
-kit.batch_task(audio_convert.TTS_BATCH_TASK,
-               response=audio_convert.tts_response)(synthesize_many)
-kit.batch_task(audio_convert.VAD_BATCH_TASK,
-               response=audio_convert.vad_response)(detect_speech_many)
+# Each method: a single-job task (Submit* jobs) and a batch task (coalesced sync calls and
+# CreateBatch lines, whose output lines are the method's response as proto-JSON).
+for _one, _task, _batch_task, _response in (
+        (tag_one, audio_convert.TAG_TASK, audio_convert.TAG_BATCH_TASK,
+         audio_convert.tag_response),
+        (detect_speech_one, audio_convert.VAD_TASK, audio_convert.VAD_BATCH_TASK,
+         audio_convert.vad_response),
+        (transcribe_one, audio_convert.ASR_TASK, audio_convert.ASR_BATCH_TASK,
+         audio_convert.asr_response),
+        (synthesize_one, audio_convert.TTS_TASK, audio_convert.TTS_BATCH_TASK,
+         audio_convert.tts_response)):
+    kit.task(_task)(_one)
+    kit.batch_task(_batch_task, response=_response)(_each(_one))
 
 
 if settings.diagnostics:
