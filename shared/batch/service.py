@@ -31,7 +31,7 @@ from shared.errors import (
     Unavailable,
 )
 from shared.jobs import records as r
-from shared.jobs.convert import job_id_from_name, job_to_pb, ts
+from shared.jobs.convert import artifact_pb, job_id_from_name, job_to_pb, ts
 from shared.jobs.records import BatchInfo
 from shared.server.interceptors import current_principal
 from shared.storage.artifacts import ArtifactRef, owned_by, tenant_key
@@ -200,8 +200,6 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         url = self.gw.artifacts.presign_put(bucket, key, expiry)
         await self.gw.redis.zadd(r.ARTIFACT_EXPIRY_KEY,
                                  {f"{bucket}/{key}": time.time() + self.settings.retention_s})
-        from shared.jobs.convert import artifact_pb
-
         return pb.CreateManifestUploadResponse(
             upload_url=url, ref=artifact_pb(ArtifactRef(bucket, key, "", request.size,
                                                         files.JSONL).to_dict()),
