@@ -1,0 +1,1 @@
+"""Data curation: readers, filters, dedup, selection and reports."""
