@@ -81,6 +81,10 @@ class FailedPrecondition(JobmeshError):
     __init__ = _kind(grpc.StatusCode.FAILED_PRECONDITION, "INVALID_ARGUMENT")
 
 
+class AlreadyExists(JobmeshError):
+    __init__ = _kind(grpc.StatusCode.ALREADY_EXISTS, "ALREADY_EXISTS")
+
+
 class ResourceExhausted(JobmeshError):
     __init__ = _kind(grpc.StatusCode.RESOURCE_EXHAUSTED, "INPUT_TOO_LARGE")
 

@@ -63,6 +63,8 @@ DOMAINS = {
                     r"(yamnet|silero-vad|whisper-tiny-en|piper-joe-medium)@.+"),
     "textgen": Domain("Text generation", "jobmesh.textgen.v1.TextGenerationService",
                       r"smollm2-135m-instruct@.+"),
+    "compression": Domain("Model compression", "jobmesh.compression.v1.CompressionService",
+                          r".+@.+"),
 }
 
 

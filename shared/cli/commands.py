@@ -12,7 +12,7 @@ from jobmesh.jobs.v1 import job_pb2
 
 from shared.cli import render
 from shared.cli.render import Output
-from shared.client import DEFAULT_TIMEOUT_S, Client
+from shared.client import DEFAULT_TIMEOUT_S, Client, job_response
 
 OK, FAILED = 0, 1
 
@@ -127,6 +127,81 @@ def models_list(client: Client, args: Namespace, out: Output) -> int:
     rows += [f"{m.name:<32} {m.serving_version or '-':<24} "
              f"{','.join(v.version for v in m.versions)}" for m in models]
     out.write("\n".join(rows))
+    return OK
+
+
+def _model_rows(m) -> str:
+    rows = [f"{m.name}  serving {m.serving_version or '-'}"
+            + (f"  (before: {', '.join(m.serving_history[:3])})" if m.serving_history else "")]
+    for v in m.versions:
+        mark = "*" if v.version == m.serving_version else " "
+        size = sum(f.size for f in v.files)
+        origin = v.provenance.package and f"{v.provenance.package}=={v.provenance.package_version}"
+        if v.provenance.parent_version:
+            origin = f"from {v.provenance.parent_version} by {v.provenance.source}"
+        rows.append(f" {mark} {v.version:<44} {size / 1e6:9.1f} MB  {origin}")
+    return "\n".join(rows)
+
+
+def models_show(client: Client, args: Namespace, out: Output) -> int:
+    m = client.get_model(args.name, timeout_s=args.timeout)
+    out.write(render.json_doc(m) if args.output == "json" else _model_rows(m))
+    return OK
+
+
+def models_promote(client: Client, args: Namespace, out: Output) -> int:
+    name, _, version = args.model.partition(":")
+    if not version:
+        raise UsageError(f"{args.model}: give NAME:VERSION")
+    resp = client.promote_model(name, version, timeout_s=args.timeout)
+    out.write(render.json_doc(resp) if args.output == "json" else
+              f"{name}: serving {version} (was {resp.previous_version or '-'}); workers switch "
+              "within their refresh interval")
+    return OK
+
+
+def models_rollback(client: Client, args: Namespace, out: Output) -> int:
+    resp = client.rollback_model(args.name, timeout_s=args.timeout)
+    out.write(render.json_doc(resp) if args.output == "json" else
+              f"{args.name}: serving {resp.model.serving_version} (was {resp.previous_version})")
+    return OK
+
+
+def compression_submit(client: Client, args: Namespace, out: Output) -> int:
+    name, _, version = args.model.partition(":")
+    options = {"version": version, "samples": args.samples, "promote": args.promote,
+               "max_metric_delta": args.max_metric_delta,
+               "max_latency_ratio": args.max_latency_ratio, "request_id": args.request_id,
+               "op_types": args.op_type, "method": args.method, "include": args.include,
+               "per_tensor": args.per_tensor, "fp16": args.fp16}
+    try:
+        job = client.compression_submit(name, args.recipe, timeout_s=args.timeout, **options)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.wait:
+        out.write(render.json_doc(job) if args.output == "json" else job.name)
+        return OK
+    last = job
+    for ev in client.watch_job(job.name):
+        if args.output == "text":
+            out.write(render.event_line(ev))
+        last = ev.job
+    if args.output == "json":
+        out.write(render.json_doc(last))
+    else:
+        result = job_response(last)
+        if result is not None:
+            out.write(render.compress_result(result))
+    return _finished(last)
+
+
+def compression_recipes(client: Client, args: Namespace, out: Output) -> int:
+    recipes = client.compression_recipes(timeout_s=args.timeout)
+    if args.output == "json":
+        out.write(render.json_doc({"recipes": [render.as_dict(r) for r in recipes]}))
+        return OK
+    out.write("\n".join(f"{r.name:<13} {'yes' if r.available else 'no ':<4} {r.description}"
+                        + (f"\n{'':18}{r.reason}" if r.reason else "") for r in recipes))
     return OK
 
 

@@ -284,6 +284,61 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = models.add_subparsers(dest="verb", metavar="VERB", required=True)
     _command(verbs, "list", commands.models_list,
              "List registered models with their serving version.", "jobmesh models list", flags)
+    p = _command(verbs, "show", commands.models_show,
+                 "Show one model: its versions (size, where each came from; * serves) and the "
+                 "serving history rollback returns to.", "jobmesh models show ppocr-rec", flags)
+    p.add_argument("name", help="model name")
+    p = _command(verbs, "promote", commands.models_promote,
+                 "Point a model's serving pointer at a version (admin key). Workers load it "
+                 "within JOBMESH_MODEL_REFRESH_S, without a restart.",
+                 "jobmesh models promote ppocr-rec:rapidocr-3.10.0-int8dynamic-57cd494c", flags)
+    p.add_argument("model", metavar="NAME:VERSION")
+    p = _command(verbs, "rollback", commands.models_rollback,
+                 "Point a model's serving pointer back at the version it served before the "
+                 "last promotion (admin key).", "jobmesh models rollback ppocr-rec", flags)
+    p.add_argument("name", help="model name")
+
+    comp = areas.add_parser(
+        "compression", help="model compression",
+        description="Compress a registered model with a recipe; the job evaluates the result "
+                    "against the original on the same inputs and registers it as a new version "
+                    "with a report (admin key).")
+    verbs = comp.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _command(verbs, "submit", commands.compression_submit,
+                 "Queue a compression job and print its name; --wait shows progress and the "
+                 "report (size ratio, latency ratio, metric before/after). Exit code as for "
+                 "`jobs wait`.",
+                 "jobmesh compression submit --model ppocr-rec --recipe int8_dynamic --wait\n"
+                 "  jobmesh compression submit --model smollm2-135m-instruct --recipe "
+                 "sparse_2_4 --method wanda --wait", flags)
+    p.add_argument("--model", required=True, metavar="NAME[:VERSION]",
+                   help="the model to compress (default version: the one serving)")
+    p.add_argument("--recipe", required=True,
+                   choices=["int8_dynamic", "int8_static", "fp16", "sparse_2_4", "tensorrt"])
+    p.add_argument("--op-type", action="append", default=[], metavar="OP",
+                   help="int8 recipes: quantize this ONNX op type (repeatable; default: "
+                        "measure each and keep those that do not slow the model)")
+    p.add_argument("--per-tensor", action="store_true",
+                   help="int8_static: one scale per tensor instead of per channel")
+    p.add_argument("--method", default="wanda", choices=["wanda", "magnitude"],
+                   help="sparse_2_4: how the kept weights are chosen (default wanda)")
+    p.add_argument("--include", default="", metavar="REGEX",
+                   help="sparse_2_4: MatMul names to prune (default: MLP layers of LMs, all "
+                        "MatMuls otherwise)")
+    p.add_argument("--fp16", action="store_true", help="tensorrt: build fp16 kernels too")
+    p.add_argument("--samples", type=_count, default=0, metavar="N",
+                   help="evaluation items (default: the model family's)")
+    p.add_argument("--promote", action="store_true",
+                   help="promote the new version if the bounds below hold")
+    p.add_argument("--max-metric-delta", type=float, default=0.0, metavar="D",
+                   help="with --promote: largest allowed rise of the metric (default 0)")
+    p.add_argument("--max-latency-ratio", type=float, default=0.0, metavar="R",
+                   help="with --promote: largest allowed new/original latency (default 1.0)")
+    p.add_argument("--request-id", default="", metavar="ID", help="idempotency key")
+    p.add_argument("--wait", action="store_true", help="follow the job until it is done")
+    _command(verbs, "recipes", commands.compression_recipes,
+             "List the recipes and whether this deployment can run each.",
+             "jobmesh compression recipes", flags)
     return parser
 
 

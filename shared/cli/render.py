@@ -138,3 +138,17 @@ class Output:
         os.chmod(name, 0o666 & ~umask)  # mkstemp makes 0600; give the file the usual mode
         os.replace(name, self.path)
         self._tmp = None
+
+
+def compress_result(r) -> str:
+    """A CompressResult as the few lines an operator decides on."""
+    lines = [f"{r.model}@{r.version} from {r.parent_version} ({r.recipe})"
+             + ("  PROMOTED: now serving" if r.promoted else "  (not serving: promote with "
+                f"`jobmesh models promote {r.model}:{r.version}`)"),
+             f"  size      {r.size_bytes / 1e6:.2f} MB vs {r.parent_size_bytes / 1e6:.2f} MB "
+             f"({r.size_ratio:.2f}x smaller)",
+             f"  latency   {r.latency_ratio:.2f}x the original (same inputs, same run)",
+             f"  {r.metric:<9} {r.metric_value:.4f} vs {r.parent_metric:.4f} "
+             f"(delta {r.metric_delta:+.4f})"]
+    lines += [f"  - {n}" for n in r.notes]
+    return "\n".join(lines)

@@ -9,6 +9,8 @@ from dataclasses import dataclass
 from google.protobuf import message
 from jobmesh.audio.v1 import audio_service_pb2 as audio_pb
 from jobmesh.audio.v1 import audio_service_pb2_grpc
+from jobmesh.compression.v1 import compression_service_pb2 as compression_pb
+from jobmesh.compression.v1 import compression_service_pb2_grpc
 from jobmesh.jobs.v1 import (
     batch_service_pb2,
     batch_service_pb2_grpc,
@@ -132,3 +134,50 @@ def create_batch(service: str, method: str, request_id: str = "",
     if completion_window_s is not None:
         req.completion_window.FromNanoseconds(int(completion_window_s * 1e9))
     return Call(service, batch_service_pb2_grpc.BatchServiceStub, "CreateBatch", req)
+
+
+RECIPE_NAMES = ("int8_dynamic", "int8_static", "fp16", "sparse_2_4", "tensorrt")
+
+
+def compression_recipe(name: str, *, op_types: list[str] | None = None, per_tensor: bool = False,
+                       method: str = "wanda", include: str = "", fp16: bool = False
+                       ) -> compression_pb.Recipe:
+    """A Recipe message from flat options; options a recipe does not take are ignored."""
+    if name == "int8_dynamic":
+        return compression_pb.Recipe(int8_dynamic=compression_pb.Int8Dynamic(
+            op_types=op_types or []))
+    if name == "int8_static":
+        return compression_pb.Recipe(int8_static=compression_pb.Int8Static(
+            op_types=op_types or [], per_tensor=per_tensor))
+    if name == "fp16":
+        return compression_pb.Recipe(fp16=compression_pb.Float16())
+    if name == "sparse_2_4":
+        methods = {"wanda": compression_pb.Sparse24.METHOD_WANDA,
+                   "magnitude": compression_pb.Sparse24.METHOD_MAGNITUDE}
+        if method not in methods:
+            raise ValueError(f"unknown 2:4 method {method!r} (wanda or magnitude)")
+        return compression_pb.Recipe(sparse_2_4=compression_pb.Sparse24(
+            method=methods[method], include=include))
+    if name == "tensorrt":
+        return compression_pb.Recipe(tensorrt=compression_pb.TensorRT(fp16=fp16))
+    raise ValueError(f"unknown recipe {name!r} (one of {', '.join(RECIPE_NAMES)})")
+
+
+def compression_submit(model: str, recipe: compression_pb.Recipe, *, version: str = "",
+                       samples: int = 0, calibration_samples: int = 0, promote: bool = False,
+                       max_metric_delta: float = 0.0, max_latency_ratio: float = 0.0,
+                       target_version: str = "", request_id: str = "") -> Call:
+    return Call("compression", compression_service_pb2_grpc.CompressionServiceStub,
+                "SubmitCompress", compression_pb.SubmitCompressRequest(
+                    model=model, version=version, recipe=recipe,
+                    eval=compression_pb.EvalSpec(samples=samples,
+                                                 calibration_samples=calibration_samples),
+                    promotion=compression_pb.PromotionPolicy(
+                        promote=promote, max_metric_delta=max_metric_delta,
+                        max_latency_ratio=max_latency_ratio),
+                    target_version=target_version, request_id=request_id))
+
+
+def compression_recipes() -> Call:
+    return Call("compression", compression_service_pb2_grpc.CompressionServiceStub,
+                "ListRecipes", compression_pb.ListRecipesRequest())

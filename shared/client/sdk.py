@@ -163,6 +163,22 @@ class Client:
         http_put(resp.upload_url, data, content_type, timeout_s or self.timeout_s)
         return resp.ref
 
+    # Compression
+
+    def compression_submit(self, model: str, recipe: str, *, timeout_s: float | None = None,
+                           **options):
+        """Queues a compression job (admin key); returns the Job. `options`: version, samples,
+        calibration_samples, promote, max_metric_delta, max_latency_ratio, target_version,
+        request_id, and the recipe's own (op_types, per_tensor, method, include, fp16)."""
+        recipe_keys = ("op_types", "per_tensor", "method", "include", "fp16")
+        spec = calls.compression_recipe(recipe, **{k: v for k, v in options.items()
+                                                   if k in recipe_keys})
+        rest = {k: v for k, v in options.items() if k not in recipe_keys}
+        return self.run(calls.compression_submit(model, spec, **rest), timeout_s).job
+
+    def compression_recipes(self, *, timeout_s: float | None = None):
+        return self.run(calls.compression_recipes(), timeout_s).recipes
+
     # Audio
 
     def audio_tag(self, audio: bytes, *, top_k: int = 0, segments: bool = False,
@@ -287,6 +303,38 @@ class Client:
                   ) -> model_service_pb2.Model:
         return self._call("models", model_service_pb2_grpc.ModelServiceStub, "GetModel",
                           model_service_pb2.GetModelRequest(name=name), timeout_s).model
+
+    def promote_model(self, name: str, version: str, *, timeout_s: float | None = None
+                      ) -> model_service_pb2.PromoteModelResponse:
+        """Points `serving` at `version` (admin key); workers switch within their refresh."""
+        return self._call("models", model_service_pb2_grpc.ModelServiceStub, "PromoteModel",
+                          model_service_pb2.PromoteModelRequest(name=name, version=version),
+                          timeout_s)
+
+    def rollback_model(self, name: str, *, timeout_s: float | None = None
+                       ) -> model_service_pb2.RollbackModelResponse:
+        """Points `serving` back at the version served before the last promotion (admin)."""
+        return self._call("models", model_service_pb2_grpc.ModelServiceStub, "RollbackModel",
+                          model_service_pb2.RollbackModelRequest(name=name), timeout_s)
+
+    def register_model(self, name: str, version: str, files: dict[str, bytes], *,
+                       serve: bool = False, source: str = "", parent_version: str = "",
+                       timeout_s: float | None = None) -> model_service_pb2.Model:
+        """Uploads each file (path -> bytes) with a presigned URL, then registers the version
+        (admin key)."""
+        stub = model_service_pb2_grpc.ModelServiceStub
+        entries = []
+        for path, data in files.items():
+            up = self._call("models", stub, "CreateModelUpload",
+                            model_service_pb2.CreateModelUploadRequest(size=len(data)), timeout_s)
+            http_put(up.upload_url, data, "application/octet-stream",
+                     timeout_s or self.timeout_s)
+            entries.append(model_service_pb2.RegisterFile(path=path, source=up.ref))
+        req = model_service_pb2.RegisterModelRequest(
+            name=name, version=version, files=entries, serve=serve,
+            provenance=model_service_pb2.Provenance(source=source,
+                                                    parent_version=parent_version))
+        return self._call("models", stub, "RegisterModel", req, timeout_s).model
 
 
 def http_put(url: str, data: bytes, content_type: str, timeout_s: float) -> None:

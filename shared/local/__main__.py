@@ -7,8 +7,8 @@
 
 Uses the Redis at JOBMESH_REDIS_URL (default 127.0.0.1:6379, DB 5) or starts a local
 `redis-server` when none answers; starts `rclone serve s3` on `.jobmesh/s3`, imports the models,
-starts the OCR (50051), audio (50052) and text generation (50053) gateways with one worker
-each, and writes `.jobmesh/local.env`.
+starts the OCR (50051), audio (50052), text generation (50053) and model compression (50055)
+gateways with one worker each, and writes `.jobmesh/local.env`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ STATE = REPO_ROOT / ".jobmesh"
 PID_FILE = STATE / "local.pid"
 # domain -> (gateway port, gateway metrics port, worker metrics port)
 DOMAINS = {"ocr": (50051, 9101, 9201), "audio": (50052, 9102, 9202),
-           "textgen": (50053, 9103, 9203)}
+           "textgen": (50053, 9103, 9203), "compression": (50055, 9105, 9205)}
 # Model preparation per domain: a module run with `python -m` (idempotent, cached).
 PREPARE = {"ocr": ["shared.models.importer"], "audio": ["workers.audio.models"],
            "textgen": ["workers.textgen.export", "--register"]}
@@ -109,7 +109,8 @@ jobmesh is up (logs in {STATE / 'logs'})
                                       health, reflection)
   audio gateway    127.0.0.1:{DOMAINS['audio'][0]}   (AudioService + the same)
   textgen gateway  127.0.0.1:{DOMAINS['textgen'][0]}   (TextGenerationService + the same)
-  metrics          gateways :9101-:9103, workers :9201-:9203 (/metrics)
+  compression      127.0.0.1:{DOMAINS['compression'][0]}   (CompressionService + the same)
+  metrics          gateways :9101-:9105, workers :9201-:9205 (/metrics)
   S3 (rclone)      http://127.0.0.1:{S3_PORT}   data in {STATE / 's3'}
   Redis            {redis_url}
   API key          {key}
@@ -118,6 +119,7 @@ jobmesh is up (logs in {STATE / 'logs'})
 try:  jobmesh ocr recognize some.png
       jobmesh textgen generate "Write a haiku about queues" --stream
       jobmesh audio tag recording.wav
+      jobmesh compression submit --model ppocr-rec --recipe int8_dynamic --wait
       grpcurl -H 'authorization: Bearer {key}' -plaintext 127.0.0.1:{DOMAINS['ocr'][0]} list
 Ctrl-C stops everything.""", flush=True)
         (STATE / "ready").write_text(str(os.getpid()))

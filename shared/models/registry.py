@@ -15,11 +15,13 @@ import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from shared.errors import InvalidArgument, NotFound
+from shared.errors import AlreadyExists, InvalidArgument, NotFound
 from shared.storage.artifacts import ArtifactRef, ArtifactStore
 
 _NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,100}$")
 MANIFEST = "manifest.json"
+HISTORY = "serving_history.json"
+HISTORY_DEPTH = 50
 
 
 @dataclass
@@ -99,6 +101,50 @@ class ModelRegistry:
         self.store.put_bytes(self.bucket, self._prefix(name) + "serving", version.encode(),
                              "text/plain")
 
+    def serving_history(self, name: str) -> list[str]:
+        """Earlier serving versions, most recent first (what rollback returns to)."""
+        try:
+            raw = self.store.get_bytes(ArtifactRef(self.bucket, self._prefix(name) + HISTORY))
+        except NotFound:
+            return []
+        return list(json.loads(raw))
+
+    def _write_history(self, name: str, history: list[str]) -> None:
+        self.store.put_bytes(self.bucket, self._prefix(name) + HISTORY,
+                             json.dumps(history[:HISTORY_DEPTH]).encode(), "application/json")
+
+    def promote(self, name: str, version: str) -> str:
+        """Points `serving` at `version`, remembering the previous one; returns it ("" if none).
+        Promoting the version that already serves changes nothing. The history is written
+        before the pointer: a crash between the two leaves an extra history entry, never a
+        serving version that rollback cannot return from."""
+        self.manifest(check_name("name", name), check_name("version", version))
+        try:
+            previous = self.serving_version(name)
+        except NotFound:
+            previous = ""
+        if previous == version:
+            return previous
+        if previous:
+            self._write_history(name, [previous, *self.serving_history(name)])
+        self.set_serving(name, version)
+        return previous
+
+    def rollback(self, name: str) -> tuple[str, str]:
+        """Points `serving` back at the most recent earlier version; returns (from, to). Raises
+        FailedPrecondition when there is nothing to return to."""
+        from shared.errors import FailedPrecondition
+
+        check_name("name", name)
+        current = self.serving_version(name)
+        history = [v for v in self.serving_history(name) if v != current]
+        if not history:
+            raise FailedPrecondition(f"model {name} has no earlier serving version",
+                                     metadata={"model": name})
+        self.set_serving(name, history[0])
+        self._write_history(name, history[1:])
+        return current, history[0]
+
     def register(self, name: str, version: str, files: dict[str, Path], *,
                  inputs: list[dict] | None = None, outputs: list[dict] | None = None,
                  provenance: dict | None = None, serve: bool = False) -> Manifest:
@@ -115,8 +161,8 @@ class ModelRegistry:
         if existing is not None:
             if sorted((f.path, f.sha256) for f in existing.files) != \
                     sorted((f.path, f.sha256) for f in entries):
-                raise InvalidArgument.for_field(
-                    "version", f"{name}@{version} exists with different files")
+                raise AlreadyExists(f"version: {name}@{version} exists with different files",
+                                    metadata={"field": "version"})
             manifest = existing
         else:
             for entry in entries:

@@ -194,14 +194,14 @@ def test_strict_validation_rejects_unknown_fields(helm, kubernetes_validate):
 def test_expected_objects(variant):
     which, _, docs = variant
     devices = ("cpu", "gpu") if which == "gpu" else ("cpu",)
-    queues = {(d, dev) for d in ("ocr", "audio", "textgen") for dev in devices}
-    assert set(gateways(docs).values()) == {"ocr", "audio", "textgen"}
+    queues = {(d, dev) for d in ("ocr", "audio", "textgen", "compression") for dev in devices}
+    assert set(gateways(docs).values()) == {"ocr", "audio", "textgen", "compression"}
     assert set(workers(docs).values()) == queues
     kinds = {d["kind"] for d in docs}
     assert {"ConfigMap", "Secret", "ServiceAccount", "Deployment", "Service",
             "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject", "Job"} <= kinds
     assert len(by_kind(docs, "ScaledObject")) == len(queues)
-    assert len(by_kind(docs, "PodDisruptionBudget")) == 3 + len(queues)
+    assert len(by_kind(docs, "PodDisruptionBudget")) == 4 + len(queues)
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(names) == len(set(names)), "duplicate objects"
 
@@ -476,7 +476,8 @@ def test_keda_options(helm):
     assert not [d for d in docs if d["apiVersion"] == KEDA_API]
     replicas = {workers(docs)[n]: by_kind(docs, "Deployment")[n]["spec"]["replicas"]
                 for n in workers(docs)}
-    assert replicas == {("ocr", "cpu"): 3, ("audio", "cpu"): 1, ("textgen", "cpu"): 1}
+    assert replicas == {("ocr", "cpu"): 3, ("audio", "cpu"): 1, ("textgen", "cpu"): 1,
+                        ("compression", "cpu"): 1}
 
 
 def _first_scaled_object(docs):

@@ -317,7 +317,7 @@ class OcrPipeline:
         for start in range(0, len(ordered), batch_size):
             check_stop()
             batch = ordered[start : start + batch_size]
-            tensor = np.stack([_normalize(c.pixels, _CLS_HEIGHT, _CLS_WIDTH) for c in batch])
+            tensor = np.stack([normalize_crop(c.pixels, _CLS_HEIGHT, _CLS_WIDTH) for c in batch])
             probs = self._cls.run({self._cls.input_names[0]: tensor})[0]
             for crop, row in zip(batch, probs, strict=True):
                 label = int(row.argmax())
@@ -343,7 +343,7 @@ class OcrPipeline:
             max_ratio = max([_REC_BASE_WIDTH / _REC_HEIGHT] +
                             [p.pixels.shape[1] / p.pixels.shape[0] for p in batch])
             width = int(_REC_HEIGHT * max_ratio)
-            tensor = np.stack([_normalize(p.pixels, _REC_HEIGHT, width) for p in batch])
+            tensor = np.stack([normalize_crop(p.pixels, _REC_HEIGHT, width) for p in batch])
             preds = self._rec.run({self._rec.input_names[0]: tensor})[0]
             for piece, dec in zip(batch, ctc_decode(preds, self._charset), strict=True):
                 # Frame f covers recognizer columns around (f + 0.5) * stride; map to crop px.
@@ -399,9 +399,10 @@ def _aspect(crop: _Crop) -> float:
     return w / float(h)
 
 
-def _normalize(img: np.ndarray, height: int, width: int) -> np.ndarray:
+def normalize_crop(img: np.ndarray, height: int, width: int) -> np.ndarray:
     """Resize to ``height`` keeping aspect (capped at ``width``), scale to [-1, 1], right-pad
-    with zeros to (3, height, width). Same arithmetic as rapidocr's cls/rec resize_norm_img."""
+    with zeros to (3, height, width). Same arithmetic as rapidocr's cls/rec resize_norm_img.
+    Public because the compression evaluation feeds the recognizer exactly as serving does."""
     h, w = img.shape[:2]
     resized_w = min(width, int(math.ceil(height * w / float(h))))
     resized = cv2.resize(img, (resized_w, height), interpolation=cv2.INTER_LINEAR)

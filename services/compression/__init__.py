@@ -1,0 +1,1 @@
+"""Model compression gateway (CompressionService)."""

@@ -1,0 +1,1 @@
+"""Model compression: recipes, evaluation and reports."""
