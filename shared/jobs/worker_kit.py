@@ -86,6 +86,13 @@ class LineContext(JobContext):
                            reason="FAILED_PRECONDITION", code=grpc.StatusCode.FAILED_PRECONDITION)
 
 
+class Deferred:
+    """What a job function returns when it handed the job to other tasks (a fan-out, e.g. one
+    task per shard): the job stays RUNNING, and the last of those tasks settles it."""
+
+
+DEFERRED = Deferred()
+
 JobFunction = Callable[[JobContext, dict], dict]
 # One result dict or JobmeshError per context, in order.
 BatchFunction = Callable[[list[JobContext], list[dict]], list]
@@ -272,6 +279,8 @@ class WorkerKit:
         """Records how a job ended; a refused transition means a cancel or a duplicate got
         there first, and there is nothing to undo."""
         store, job = self.store(), ctx.job
+        if isinstance(outcome, Deferred):
+            return
         if isinstance(outcome, JobCancelled) or (isinstance(outcome, dict) and ctx._stop):
             store.transition(job, State.CANCELLED, {"error": _cancelled()})
         elif isinstance(outcome, SoftTimeLimitExceeded):

@@ -7,8 +7,8 @@
 
 Uses the Redis at JOBMESH_REDIS_URL (default 127.0.0.1:6379, DB 5) or starts a local
 `redis-server` when none answers; starts `rclone serve s3` on `.jobmesh/s3`, imports the models,
-starts the OCR (50051), audio (50052), text generation (50053) and model compression (50055)
-gateways with one worker each, and writes `.jobmesh/local.env`.
+starts the OCR (50051), audio (50052), text generation (50053), curation (50054) and model
+compression (50055) gateways with one worker each, and writes `.jobmesh/local.env`.
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ STATE = REPO_ROOT / ".jobmesh"
 PID_FILE = STATE / "local.pid"
 # domain -> (gateway port, gateway metrics port, worker metrics port)
 DOMAINS = {"ocr": (50051, 9101, 9201), "audio": (50052, 9102, 9202),
-           "textgen": (50053, 9103, 9203), "compression": (50055, 9105, 9205)}
+           "textgen": (50053, 9103, 9203), "curation": (50054, 9104, 9204),
+           "compression": (50055, 9105, 9205)}
 # Model preparation per domain: a module run with `python -m` (idempotent, cached).
 PREPARE = {"ocr": ["shared.models.importer"], "audio": ["workers.audio.models"],
            "textgen": ["workers.textgen.export", "--register"]}
@@ -109,6 +110,7 @@ jobmesh is up (logs in {STATE / 'logs'})
                                       health, reflection)
   audio gateway    127.0.0.1:{DOMAINS['audio'][0]}   (AudioService + the same)
   textgen gateway  127.0.0.1:{DOMAINS['textgen'][0]}   (TextGenerationService + the same)
+  curation         127.0.0.1:{DOMAINS['curation'][0]}   (CurationService + the same)
   compression      127.0.0.1:{DOMAINS['compression'][0]}   (CompressionService + the same)
   metrics          gateways :9101-:9105, workers :9201-:9205 (/metrics)
   S3 (rclone)      http://127.0.0.1:{S3_PORT}   data in {STATE / 's3'}

@@ -109,3 +109,17 @@ def wait_state(env: dict, job_id: str, states: set[str], timeout: float) -> str:
         time.sleep(0.1)
     raise AssertionError(f"job {job_id} still {job_state(env, job_id)} after {timeout}s, "
                          f"wanted {states}")
+
+
+def wait_job(channel, name: str, key: str, timeout: float = 240.0):
+    """The job once done (WaitJob in rounds of up to 60 s); fails the test after `timeout`."""
+    from jobmesh.jobs.v1 import job_service_pb2, job_service_pb2_grpc
+
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = jobs.WaitJob(job_service_pb2.WaitJobRequest(name=name),
+                            metadata=[("authorization", f"Bearer {key}")], timeout=60).job
+        if done.done:
+            return done
+    raise AssertionError(f"{name} not done in {timeout} s")

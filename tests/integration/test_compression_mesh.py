@@ -13,8 +13,7 @@ import grpc
 import pytest
 from jobmesh.compression.v1 import compression_service_pb2 as pb
 from jobmesh.compression.v1 import compression_service_pb2_grpc
-from jobmesh.jobs.v1 import job_pb2, job_service_pb2_grpc
-from jobmesh.jobs.v1 import job_service_pb2 as jobs_pb
+from jobmesh.jobs.v1 import job_pb2
 from jobmesh.models.v1 import model_service_pb2 as models_pb
 from jobmesh.models.v1 import model_service_pb2_grpc
 from jobmesh.ocr.v1 import ocr_service_pb2, ocr_service_pb2_grpc
@@ -22,7 +21,7 @@ from jobmesh.ocr.v1 import ocr_service_pb2, ocr_service_pb2_grpc
 from shared.client import job_response
 from shared.local.stack import free_port
 from tests.conftest import ADMIN_KEY, auth
-from tests.integration.helpers import details, render
+from tests.integration.helpers import details, render, wait_job
 
 pytestmark = pytest.mark.integration
 
@@ -54,14 +53,7 @@ def models(compression_gateway):
 def _run(channel, request: pb.SubmitCompressRequest, timeout: float = 400) -> job_pb2.Job:
     stub = compression_service_pb2_grpc.CompressionServiceStub(channel)
     job = stub.SubmitCompress(request, metadata=auth(ADMIN_KEY), timeout=30).job
-    jobs = job_service_pb2_grpc.JobServiceStub(channel)
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        done = jobs.WaitJob(jobs_pb.WaitJobRequest(name=job.name), metadata=auth(ADMIN_KEY),
-                            timeout=120).job
-        if done.done:
-            return done
-    raise AssertionError(f"{job.name} not done in {timeout} s")
+    return wait_job(channel, job.name, ADMIN_KEY, timeout)
 
 
 def _serving(models, name: str = REC) -> str:

@@ -1,0 +1,1 @@
+"""Data curation gateway (CurationService)."""

@@ -1,0 +1,134 @@
+"""CurationService messages ⇄ the JSON the curation worker takes and returns; the only curation
+code that touches `*_pb2`. Validation errors name proto fields."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from google.protobuf import json_format
+from jobmesh.curation.v1 import curation_service_pb2 as pb
+
+from shared.errors import InvalidArgument
+from shared.jobs.convert import artifact_pb
+
+CURATE_TASK = "jobmesh.curation.v1.curate"
+SHARD_TASK = "jobmesh.curation.v1.shard"
+SCORE_TASK = "jobmesh.curation.v1.score"
+
+SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
+MAX_SHARDS = 10_000
+MAX_STEPS = 32
+MAX_SCORE_TEXTS, MAX_SCORE_CHARS = 64, 100_000
+# A path under the caller's data space: plain segments, no `..`, no empty parts.
+_PATH = re.compile(r"^[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*$")
+_FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
+
+
+def data_prefix(tenant: str) -> str:
+    return f"tenants/{tenant}/data/"
+
+
+def check_path(value: str, field: str, *, folder: bool) -> str:
+    """A data-space path; folders are returned with a trailing `/`."""
+    path = value.strip("/") if folder else value
+    if not path or len(path) > 512 or not _PATH.match(path) or \
+            any(p in (".", "..") for p in path.split("/")):
+        raise InvalidArgument.for_field(field, f"{value!r} must be a relative path of plain "
+                                        "names (letters, digits, . _ = -) without '..'")
+    return path + "/" if folder else path
+
+
+def _integral(value):
+    """Struct numbers are floats: 50.0 → 50, so integer parameters validate strictly."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, list):
+        return [_integral(v) for v in value]
+    return value
+
+
+def pipeline_to_list(steps) -> list[dict]:
+    if not steps:
+        raise InvalidArgument.for_field("pipeline", "needs at least one step")
+    if len(steps) > MAX_STEPS:
+        raise InvalidArgument.for_field("pipeline", f"has more than {MAX_STEPS} steps")
+    out = []
+    for n, s in enumerate(steps):
+        params = json_format.MessageToDict(s.params) if s.HasField("params") else {}
+        if "step" in params:
+            raise InvalidArgument.for_field(f"pipeline[{n}].params.step",
+                                            "the step name goes in `step`, not in params")
+        out.append({"step": s.step, **{k: _integral(v) for k, v in params.items()}})
+    return out
+
+
+def check_pipeline(pipeline: list[dict]) -> None:
+    """The worker's own schema check, run at the gateway so a bad pipeline never queues."""
+    from workers.curation.steps import PipelineError, parse_pipeline
+
+    try:
+        parse_pipeline(pipeline)
+    except PipelineError as exc:
+        raise InvalidArgument(str(exc), field_violations=exc.violations) from exc
+
+
+def fields(request: pb.SubmitCurateRequest) -> tuple[str, str]:
+    text, ident = request.text_field or "text", request.id_field or "id"
+    for name, value in (("text_field", text), ("id_field", ident)):
+        if not _FIELD.match(value):
+            raise InvalidArgument.for_field(name, f"{value!r} is not a field name")
+    return text, ident
+
+
+def shard_name(key: str, base: str) -> str:
+    return key[len(base):] if key.startswith(base) else key.rsplit("/", 1)[-1]
+
+
+def summary_pb(result: dict) -> pb.CurationSummary:
+    steps = [pb.StepStats(step=s["step"], documents_in=s["documents_in"], kept=s["kept"],
+                          removed=s["removed"], reasons=_collapsed(s["reasons"]))
+             for s in result.get("steps", [])]
+    return pb.CurationSummary(
+        shards=result.get("shards", 0), shards_resumed=result.get("shards_resumed", 0),
+        documents_in=result.get("documents_in", 0),
+        documents_kept=result.get("documents_kept", 0),
+        documents_removed=result.get("documents_removed", 0), steps=steps,
+        output_prefix=result.get("output_prefix", ""),
+        outputs=[artifact_pb(o) for o in result.get("outputs", [])],
+        seconds=result.get("seconds", 0.0))
+
+
+def _collapsed(reasons: dict) -> dict[str, int]:
+    """`exact_dedup:duplicate_of:<id>` per document would be one entry each: count them as
+    `exact_dedup:duplicate`."""
+    out: dict[str, int] = {}
+    for reason, count in reasons.items():
+        key = reason.split(":duplicate_of:")[0]
+        out[key] = out.get(key, 0) + int(count)
+    return out
+
+
+def score_request(request: pb.ScoreTextsRequest) -> dict:
+    if not request.texts:
+        raise InvalidArgument.for_field("texts", "needs at least one text")
+    if len(request.texts) > MAX_SCORE_TEXTS:
+        raise InvalidArgument.for_field("texts", f"at most {MAX_SCORE_TEXTS} texts")
+    for n, t in enumerate(request.texts):
+        if len(t) > MAX_SCORE_CHARS:
+            raise InvalidArgument.for_field(f"texts[{n}]", f"is over {MAX_SCORE_CHARS} "
+                                            "characters", reason="INPUT_TOO_LARGE")
+    return {"texts": list(request.texts)}
+
+
+def scores_pb(result: dict) -> pb.ScoreTextsResponse:
+    return pb.ScoreTextsResponse(scores=[pb.TextScores(**s) for s in result["scores"]])
+
+
+def steps_pb() -> pb.ListStepsResponse:
+    from workers.curation.steps import STEP_TYPES
+
+    return pb.ListStepsResponse(steps=[
+        pb.StepInfo(step=name, kind=cls.kind, description=(cls.__doc__ or "").strip(),
+                    params_schema=json.dumps(cls.model_json_schema(), sort_keys=True))
+        for name, cls in STEP_TYPES.items()])

@@ -1,0 +1,103 @@
+"""One curation run, as pure functions over documents: the shard stage and the global stage.
+
+Shard stage (`process_shard`, one task per shard, in parallel): every per-document filter step
+in pipeline order, then for each dedup step the key or signature of each kept document. Global
+stage (`global_duplicates`, once, after every shard): the dedup steps over all shards' keys, in
+pipeline order, each over the documents the previous one kept.
+
+So dedup steps always run after the filter steps, whatever their place in the list: a duplicate
+is decided among documents that passed every filter (the order datatrove's and NeMo Curator's
+example pipelines use). `order_note` says so when a pipeline lists them otherwise.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from workers.curation import dedup
+from workers.curation.documents import Document
+from workers.curation.filters import build_filter, run_filters
+from workers.curation.steps import ExactDedupStep, MinhashDedupStep, StepSpec
+
+# Fixed (log-spaced) bins of document length in words, so shards' histograms add up.
+WORD_BINS = [0, 10, 30, 100, 300, 1000, 3000, 10_000, 100_000, 10**9]
+
+
+@dataclass
+class ShardOutcome:
+    kept: list[Document]
+    removed: list[tuple[Document, str]]
+    stats: Counter  # "<step>.kept", "<step>.removed:<why>", "documents_in"
+    # Per dedup step index (as a string, JSON keys): doc id -> exact key (hex) or signature.
+    keys: dict[str, dict[str, str]] = field(default_factory=dict)
+    histograms: dict[str, list[int]] = field(default_factory=dict)
+
+
+def filter_steps(steps: list[StepSpec]) -> list[StepSpec]:
+    return [s for s in steps if s.kind == "filter"]
+
+
+def dedup_steps(steps: list[StepSpec]) -> list[tuple[int, StepSpec]]:
+    return [(i, s) for i, s in enumerate(steps) if s.kind == "dedup"]
+
+
+def order_note(steps: list[StepSpec]) -> str:
+    kinds = [s.kind for s in steps]
+    if "dedup" in kinds and "filter" in kinds[kinds.index("dedup"):]:
+        return ("dedup steps run after every filter step (across all shards), not at their "
+                "place in the list")
+    return ""
+
+
+def _histogram(values: list[float], bins: list[float]) -> list[int]:
+    counts, _ = np.histogram(np.asarray(values, dtype=np.float64), bins=bins)
+    return [int(c) for c in counts]
+
+
+def process_shard(docs: list[Document], steps: list[StepSpec]) -> ShardOutcome:
+    stats: Counter = Counter({"documents_in": len(docs)})
+    filters = [build_filter(s) for s in filter_steps(steps)]
+    kept, removed = run_filters(docs, filters, stats) if filters else (list(docs), [])
+    keys: dict[str, dict[str, str]] = {}
+    for index, step in dedup_steps(steps):
+        ids = [d.id for d in kept]
+        if isinstance(step, ExactDedupStep):
+            values = dedup.exact_keys(kept)
+        elif isinstance(step, MinhashDedupStep):
+            values = [sig.tobytes().hex() for sig in dedup.minhash_signatures(
+                kept, num_perm=step.num_perm, shingle=step.shingle, seed=step.seed)]
+        else:
+            raise ValueError(f"no shard stage for dedup step {step.step}")
+        keys[str(index)] = dict(zip(ids, values, strict=True))
+    histograms = {"words_in": _histogram([len(d.text.split()) for d in docs], WORD_BINS),
+                  "words_kept": _histogram([len(d.text.split()) for d in kept], WORD_BINS)}
+    return ShardOutcome(kept, removed, stats, keys, histograms)
+
+
+def global_duplicates(steps: list[StepSpec], keys: list[dict[str, dict[str, str]]]
+                      ) -> tuple[dict[str, str], Counter]:
+    """doc id -> reason (e.g. `exact_dedup:duplicate_of:<id>`) for every document a dedup step
+    removes, given each shard's `ShardOutcome.keys`; and the steps' stats."""
+    removed: dict[str, str] = {}
+    stats: Counter = Counter()
+    for index, step in dedup_steps(steps):
+        merged = {doc_id: value for shard in keys for doc_id, value in
+                  shard.get(str(index), {}).items() if doc_id not in removed}
+        if isinstance(step, ExactDedupStep):
+            groups = dedup.duplicate_groups(merged)
+        else:
+            groups = dedup.near_duplicate_groups(
+                {d: bytes.fromhex(v) for d, v in merged.items()}, threshold=step.threshold,
+                num_perm=step.num_perm)
+        dropped = 0
+        for doc_id, kept_id in groups.items():
+            if doc_id != kept_id:
+                removed[doc_id] = f"{step.step}:duplicate_of:{kept_id}"
+                dropped += 1
+        stats[f"{step.step}.kept"] += len(merged) - dropped
+        if dropped:
+            stats[f"{step.step}.removed:duplicate"] += dropped
+    return removed, stats
