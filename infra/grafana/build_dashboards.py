@@ -63,6 +63,9 @@ DOMAINS = {
                     r"(yamnet|silero-vad|whisper-tiny-en|piper-joe-medium)@.+"),
     "textgen": Domain("Text generation", "jobmesh.textgen.v1.TextGenerationService",
                       r"smollm2-135m-instruct@.+"),
+    # No served model yet (the LM steps come later): a selector that matches none.
+    "curation": Domain("Data curation", "jobmesh.curation.v1.CurationService",
+                       r"curation-serves-no-model"),
     "compression": Domain("Model compression", "jobmesh.compression.v1.CompressionService",
                           r".+@.+"),
 }

@@ -41,7 +41,8 @@ WORKER_PROBE = REPO / "infra" / "docker" / "worker_healthcheck.py"
 JOB_SERVICE = "jobmesh.jobs.v1.JobService"
 APP_SERVICES = {"minio-init", "gateway-ocr", "worker-ocr", "worker-ocr-gpu", "models-textgen",
                 "gateway-textgen", "worker-textgen", "models-audio", "gateway-audio",
-                "worker-audio", "gateway-compression", "worker-compression"}
+                "worker-audio", "gateway-compression", "worker-compression",
+                "gateway-curation", "worker-curation"}
 ALL_SERVICES = APP_SERVICES | {"redis", "minio"}
 # Profile `observability`: off in the default `up`.
 OBSERVABILITY_SERVICES = {"prometheus", "grafana", "flower"}

@@ -354,12 +354,12 @@ def test_probe_services_left_out_are_the_ones_the_interceptor_labels():
 
 def test_domain_dashboards_name_the_real_service_and_models():
     domains = _builder().DOMAINS
-    # Compression serves no model of its own: it reads and writes any registered one.
-    assert set(domains) == set(WORKER_MODELS) | {"compression"}
+    # Compression reads and writes any registered model; curation serves none (yet).
+    assert set(domains) == set(WORKER_MODELS) | {"compression", "curation"}
     for name, d in domains.items():
         assert d.service in SERVICES and f".{name}.v1." in d.service, name
         assert d.service_label == service_label(d.service), name
-        if name == "compression":
+        if name in ("compression", "curation"):
             continue
         models_re = re.compile(d.models.replace("\\\\", "\\"))
         path, consts = WORKER_MODELS[name]

@@ -194,14 +194,16 @@ def test_strict_validation_rejects_unknown_fields(helm, kubernetes_validate):
 def test_expected_objects(variant):
     which, _, docs = variant
     devices = ("cpu", "gpu") if which == "gpu" else ("cpu",)
-    queues = {(d, dev) for d in ("ocr", "audio", "textgen", "compression") for dev in devices}
-    assert set(gateways(docs).values()) == {"ocr", "audio", "textgen", "compression"}
+    queues = {(d, dev) for d in ("ocr", "audio", "textgen", "curation", "compression")
+              for dev in devices}
+    assert set(gateways(docs).values()) == {"ocr", "audio", "textgen", "curation",
+                                            "compression"}
     assert set(workers(docs).values()) == queues
     kinds = {d["kind"] for d in docs}
     assert {"ConfigMap", "Secret", "ServiceAccount", "Deployment", "Service",
             "HorizontalPodAutoscaler", "PodDisruptionBudget", "ScaledObject", "Job"} <= kinds
     assert len(by_kind(docs, "ScaledObject")) == len(queues)
-    assert len(by_kind(docs, "PodDisruptionBudget")) == 4 + len(queues)
+    assert len(by_kind(docs, "PodDisruptionBudget")) == 5 + len(queues)
     names = [(d["kind"], d["metadata"]["name"]) for d in docs]
     assert len(names) == len(set(names)), "duplicate objects"
 
@@ -477,7 +479,7 @@ def test_keda_options(helm):
     replicas = {workers(docs)[n]: by_kind(docs, "Deployment")[n]["spec"]["replicas"]
                 for n in workers(docs)}
     assert replicas == {("ocr", "cpu"): 3, ("audio", "cpu"): 1, ("textgen", "cpu"): 1,
-                        ("compression", "cpu"): 1}
+                        ("curation", "cpu"): 1, ("compression", "cpu"): 1}
 
 
 def _first_scaled_object(docs):
@@ -607,7 +609,7 @@ def test_a_new_domain_is_one_values_entry(helm):
     ({"config": {"LOG_LEVEL": "DEBUG"}}, "LOG_LEVEL"),
     ({"config": {"JOBMESH_TASK_TIME_LIMIT_S": "10"}}, "JOBMESH_TASK_TIME_LIMIT_S"),
     ({"workers": {"ocr": {"cpu": {"env": {"JOBMESH_DEVICE": "gpu"}}}}}, "JOBMESH_DEVICE"),
-    ({"gateways": {"curation": {"enabled": True}}}, "gateways.curation.port"),
+    ({"gateways": {"search": {"enabled": True}}}, "gateways.search.port"),
     ({"jobs": {"queuePreference": "tpu"}}, "queuePreference"),
 ], ids=["s3-scheme", "redis-password-in-url", "redis-scheme", "typo", "not-jobmesh",
         "derived-setting", "device-override", "gateway-without-port", "bad-preference"])
