@@ -167,6 +167,90 @@ def models_rollback(client: Client, args: Namespace, out: Output) -> int:
     return OK
 
 
+def _pipeline_file(path: str) -> list[dict]:
+    import yaml
+
+    text = _read(path).decode()
+    try:
+        spec = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise UsageError(f"{path}: not YAML: {e}") from None
+    if isinstance(spec, dict) and "pipeline" in spec:
+        spec = spec["pipeline"]
+    if not isinstance(spec, list):
+        raise UsageError(f"{path}: expected a list of steps ({{step: NAME, ...params}})")
+    return spec
+
+
+def curation_upload(client: Client, args: Namespace, out: Output) -> int:
+    prefix = args.prefix.strip("/")
+    for name in args.files:
+        path = Path(name)
+        ref = client.curation_upload(f"{prefix}/{path.name}", _read(name),
+                                     timeout_s=args.timeout)
+        out.write(render.json_doc(ref, compact=True) if args.output == "json" else
+                  f"{name} -> data/{prefix}/{path.name} ({ref.size} bytes)")
+    return OK
+
+
+def curation_submit(client: Client, args: Namespace, out: Output) -> int:
+    try:
+        job = client.curation_submit(_pipeline_file(args.pipeline), args.output_prefix,
+                                     input_prefix=args.input_prefix,
+                                     text_field=args.text_field, id_field=args.id_field,
+                                     request_id=args.request_id, timeout_s=args.timeout)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from None
+    if not args.wait:
+        out.write(render.json_doc(job) if args.output == "json" else job.name)
+        return OK
+    last = job
+    for ev in client.watch_job(job.name):
+        if args.output == "text":
+            out.write(render.event_line(ev))
+        last = ev.job
+    if last.state == job_pb2.JOB_STATE_SUCCEEDED:
+        rep = client.curation_report(last.name)
+        out.write(render.json_doc(rep) if args.output == "json" else
+                  render.curation_report(rep))
+    elif args.output == "json":
+        out.write(render.json_doc(last))
+    return _finished(last)
+
+
+def curation_report(client: Client, args: Namespace, out: Output) -> int:
+    rep = client.curation_report(args.name, timeout_s=args.timeout)
+    out.write(render.json_doc(rep) if args.output == "json" else render.curation_report(rep))
+    return OK
+
+
+def curation_score(client: Client, args: Namespace, out: Output) -> int:
+    texts = [sys.stdin.read() if t == "-" else t for t in args.texts]
+    scores = client.curation_score(texts, timeout_s=args.timeout)
+    if args.output == "json":
+        out.write(render.json_doc({"scores": [render.as_dict(s) for s in scores]}))
+        return OK
+    for text, s in zip(texts, scores, strict=True):
+        failed = {k: v for k, v in s.filters.items() if v}
+        out.write(f"{text[:60]!r}: language {s.language} ({s.language_score:.2f}), "
+                  f"profanity {s.profanity:.2f}, {int(s.signals['words'])} words, filters: "
+                  + (", ".join(failed.values()) if failed else "all pass"))
+    return OK
+
+
+def curation_steps(client: Client, args: Namespace, out: Output) -> int:
+    steps = client.curation_steps(timeout_s=args.timeout)
+    if args.output == "json":
+        out.write(render.json_doc({"steps": [render.as_dict(s) for s in steps]}))
+        return OK
+    import json
+
+    for s in steps:
+        params = json.loads(s.params_schema).get("properties", {})
+        out.write(f"{s.step:<18} {s.kind:<7} {', '.join(params) or '(no parameters)'}")
+    return OK
+
+
 def compression_submit(client: Client, args: Namespace, out: Output) -> int:
     name, _, version = args.model.partition(":")
     options = {"version": version, "samples": args.samples, "promote": args.promote,

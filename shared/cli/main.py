@@ -298,6 +298,43 @@ def build_parser() -> argparse.ArgumentParser:
                  "last promotion (admin key).", "jobmesh models rollback ppocr-rec", flags)
     p.add_argument("name", help="model name")
 
+    cur = areas.add_parser(
+        "curation", help="data curation",
+        description="Curate datasets: JSONL (.gz, .zst) or Parquet shards in your data space "
+                    "(`data/<path>` in S3), a pipeline of filter and dedup steps, curated "
+                    "shards and a report out. See docs/curation.md for the pipeline schema.")
+    verbs = cur.add_subparsers(dest="verb", metavar="VERB", required=True)
+    p = _command(verbs, "upload", commands.curation_upload,
+                 "Upload shard files to data/<PREFIX>/<file name>.",
+                 "jobmesh curation upload shards/*.jsonl.gz --prefix web/2026-11", flags)
+    p.add_argument("files", nargs="+", metavar="FILE")
+    p.add_argument("--prefix", required=True, metavar="PATH", help="folder in your data space")
+    p = _command(verbs, "submit", commands.curation_submit,
+                 "Queue a curation job over every shard under --input-prefix and print its "
+                 "name; --wait shows progress, then the report (documents kept and removed per "
+                 "step and reason, the output prefix, the HTML report's URL). Exit code as "
+                 "for `jobs wait`.",
+                 "jobmesh curation submit --input-prefix web/2026-11 --output-prefix "
+                 "web/2026-11-clean --pipeline pipeline.yaml --wait", flags)
+    p.add_argument("--input-prefix", required=True, metavar="PATH")
+    p.add_argument("--output-prefix", required=True, metavar="PATH")
+    p.add_argument("--pipeline", required=True, metavar="FILE.yaml",
+                   help="a YAML list of {step: NAME, ...params} ('-' reads stdin)")
+    p.add_argument("--text-field", default="", help="JSON field with the text (default text)")
+    p.add_argument("--id-field", default="", help="JSON field with the id (default id)")
+    p.add_argument("--request-id", default="", metavar="ID", help="idempotency key")
+    p.add_argument("--wait", action="store_true", help="follow the job and print the report")
+    p = _command(verbs, "report", commands.curation_report,
+                 "Show a finished curation job's report.", "jobmesh curation report jobs/0f3c9a",
+                 flags)
+    p.add_argument("name", help="job name, jobs/<id>")
+    p = _command(verbs, "score", commands.curation_score,
+                 "Score a few texts: language, profanity, the heuristic filters' decisions.",
+                 'jobmesh curation score "Some paragraph to judge." -', flags)
+    p.add_argument("texts", nargs="+", metavar="TEXT", help="texts ('-' reads stdin)")
+    _command(verbs, "steps", commands.curation_steps,
+             "List the pipeline steps and their parameters.", "jobmesh curation steps", flags)
+
     comp = areas.add_parser(
         "compression", help="model compression",
         description="Compress a registered model with a recipe; the job evaluates the result "

@@ -152,3 +152,18 @@ def compress_result(r) -> str:
              f"(delta {r.metric_delta:+.4f})"]
     lines += [f"  - {n}" for n in r.notes]
     return "\n".join(lines)
+
+
+def curation_report(rep) -> str:
+    """A GetReportResponse: totals, one line per step, and where the outputs and report are."""
+    s = rep.summary
+    lines = [f"{s.documents_in:,} documents in {s.shards} shards"
+             + (f" ({s.shards_resumed} resumed)" if s.shards_resumed else "")
+             + f": {s.documents_kept:,} kept, {s.documents_removed:,} removed in {s.seconds:.1f} s"]
+    for st in s.steps:
+        reasons = ", ".join(f"{k} {v}" for k, v in sorted(st.reasons.items(),
+                                                          key=lambda kv: -kv[1]))
+        lines.append(f"  {st.step:<18} in {st.documents_in:>8,}  kept {st.kept:>8,}  "
+                     f"removed {st.removed:>7,}" + (f"  ({reasons})" if reasons else ""))
+    lines += [f"output   {s.output_prefix}", f"report   {rep.report_html_url}"]
+    return "\n".join(lines)

@@ -11,6 +11,8 @@ from jobmesh.audio.v1 import audio_service_pb2 as audio_pb
 from jobmesh.audio.v1 import audio_service_pb2_grpc
 from jobmesh.compression.v1 import compression_service_pb2 as compression_pb
 from jobmesh.compression.v1 import compression_service_pb2_grpc
+from jobmesh.curation.v1 import curation_service_pb2 as curation_pb
+from jobmesh.curation.v1 import curation_service_pb2_grpc
 from jobmesh.jobs.v1 import (
     batch_service_pb2,
     batch_service_pb2_grpc,
@@ -181,3 +183,46 @@ def compression_submit(model: str, recipe: compression_pb.Recipe, *, version: st
 def compression_recipes() -> Call:
     return Call("compression", compression_service_pb2_grpc.CompressionServiceStub,
                 "ListRecipes", compression_pb.ListRecipesRequest())
+
+
+def curation_pipeline(steps: list[dict]) -> list[curation_pb.Step]:
+    """`[{step: NAME, ...params}]` (the pipeline YAML's shape) as Step messages."""
+    from google.protobuf import struct_pb2
+
+    out = []
+    for n, entry in enumerate(steps):
+        if not isinstance(entry, dict) or "step" not in entry:
+            raise ValueError(f"pipeline[{n}] must be a mapping with a `step` key")
+        params = struct_pb2.Struct()
+        params.update({k: v for k, v in entry.items() if k != "step"})
+        out.append(curation_pb.Step(step=str(entry["step"]), params=params))
+    return out
+
+
+def _curation(method: str, request: message.Message) -> Call:
+    return Call("curation", curation_service_pb2_grpc.CurationServiceStub, method, request)
+
+
+def curation_submit(pipeline: list[dict], output_prefix: str, *, input_prefix: str = "",
+                    text_field: str = "", id_field: str = "", request_id: str = "") -> Call:
+    return _curation("SubmitCurate", curation_pb.SubmitCurateRequest(
+        input_prefix=input_prefix, output_prefix=output_prefix,
+        pipeline=curation_pipeline(pipeline), text_field=text_field, id_field=id_field,
+        request_id=request_id))
+
+
+def curation_score(texts: list[str]) -> Call:
+    return _curation("ScoreTexts", curation_pb.ScoreTextsRequest(texts=texts))
+
+
+def curation_report(name: str) -> Call:
+    return _curation("GetReport", curation_pb.GetReportRequest(name=name))
+
+
+def curation_steps() -> Call:
+    return _curation("ListSteps", curation_pb.ListStepsRequest())
+
+
+def curation_upload(path: str, size: int) -> Call:
+    return _curation("CreateShardUpload", curation_pb.CreateShardUploadRequest(path=path,
+                                                                              size=size))

@@ -163,6 +163,33 @@ class Client:
         http_put(resp.upload_url, data, content_type, timeout_s or self.timeout_s)
         return resp.ref
 
+    # Curation
+
+    def curation_upload(self, path: str, data: bytes, *, timeout_s: float | None = None):
+        """Puts one shard at `data/<path>` in the caller's space (CreateShardUpload, then a
+        PUT to the presigned URL); returns its ArtifactRef."""
+        resp = self.run(calls.curation_upload(path, len(data)), timeout_s)
+        http_put(resp.upload_url, data, "application/octet-stream",
+                 timeout_s or self.timeout_s)
+        return resp.ref
+
+    def curation_submit(self, pipeline: list[dict], output_prefix: str, *,
+                        input_prefix: str = "", text_field: str = "", id_field: str = "",
+                        request_id: str = "", timeout_s: float | None = None):
+        """Queues a curation job over the shards under `input_prefix`; returns the Job."""
+        return self.run(calls.curation_submit(pipeline, output_prefix, input_prefix=input_prefix,
+                                              text_field=text_field, id_field=id_field,
+                                              request_id=request_id), timeout_s).job
+
+    def curation_score(self, texts: list[str], *, timeout_s: float | None = None):
+        return self.run(calls.curation_score(texts), timeout_s).scores
+
+    def curation_report(self, name: str, *, timeout_s: float | None = None):
+        return self.run(calls.curation_report(name), timeout_s)
+
+    def curation_steps(self, *, timeout_s: float | None = None):
+        return self.run(calls.curation_steps(), timeout_s).steps
+
     # Compression
 
     def compression_submit(self, model: str, recipe: str, *, timeout_s: float | None = None,

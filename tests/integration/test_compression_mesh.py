@@ -20,7 +20,7 @@ from jobmesh.ocr.v1 import ocr_service_pb2, ocr_service_pb2_grpc
 
 from shared.client import job_response
 from shared.local.stack import free_port
-from tests.conftest import ADMIN_KEY, auth
+from tests.conftest import ADMIN_KEY, TENANT_KEY, auth
 from tests.integration.helpers import details, render, wait_job
 
 pytestmark = pytest.mark.integration
@@ -29,14 +29,19 @@ REC = "ppocr-rec"
 
 
 @pytest.fixture(scope="module")
-def compression_gateway(stack):
+def compression_address(stack):
     # Recipes evaluate two models; the suite's 30 s task limit is for OCR-sized tasks.
     stack.start_worker("compression", extra_env={"JOBMESH_TASK_TIME_LIMIT_S": "600",
                                                  "JOBMESH_VISIBILITY_TIMEOUT_S": "1200"})
     port = free_port()
     stack.start_gateway("compression", port)
     stack.wait_consumers("compression.cpu", timeout=120)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def compression_gateway(compression_address):
+    with grpc.insecure_channel(compression_address) as ch:
         yield ch
 
 
@@ -208,3 +213,22 @@ def test_register_model_from_uploaded_files(models, compression_gateway):
         models.RegisterModel(bad, metadata=auth(ADMIN_KEY), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert details(err.value)["violations"][0][0] == "files[0].path"
+
+
+def test_cli_models_and_compression(compression_address):
+    from tests.integration.test_cli import cli
+
+    base = ("--endpoint", compression_address, "--api-key", ADMIN_KEY)
+    r = cli("compression", "recipes", *base)
+    assert r.returncode == 0, r.stderr
+    assert "int8_static" in r.stdout and "TensorRT execution provider" in r.stdout
+    r = cli("compression", "submit", "--model", f"{REC}:no-such-version", "--recipe", "fp16",
+            *base)
+    assert r.returncode == 1 and "NOT_FOUND" in r.stderr
+    r = cli("models", "show", REC, *base)
+    assert r.returncode == 0 and "serving" in r.stdout, r.stderr
+    r = cli("models", "promote", REC, *base)
+    assert r.returncode == 2 and "NAME:VERSION" in r.stderr
+    r = cli("models", "promote", f"{REC}:v1", "--api-key", TENANT_KEY,
+            "--endpoint", compression_address)
+    assert r.returncode == 4  # auth refused: promotion needs an admin key

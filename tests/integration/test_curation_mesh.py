@@ -51,13 +51,18 @@ def step(name: str, **params) -> pb.Step:
 
 
 @pytest.fixture(scope="module")
-def curation(stack):
+def curation_address(stack):
     stack.start_worker("curation", extra_env={"JOBMESH_TASK_TIME_LIMIT_S": "120",
                                               "JOBMESH_VISIBILITY_TIMEOUT_S": "240"})
     port = free_port()
     stack.start_gateway("curation", port)
     stack.wait_consumers("curation.cpu", timeout=120)
-    with grpc.insecure_channel(f"127.0.0.1:{port}") as ch:
+    return f"127.0.0.1:{port}"
+
+
+@pytest.fixture(scope="module")
+def curation(curation_address):
+    with grpc.insecure_channel(curation_address) as ch:
         yield ch
 
 
@@ -175,3 +180,29 @@ def test_score_texts_and_list_steps(cur):
     with pytest.raises(grpc.RpcError) as err:
         cur.ScoreTexts(pb.ScoreTextsRequest(texts=["x"] * 65), metadata=auth(), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def test_cli_upload_submit_wait_and_score(curation_address, tmp_path):
+    from tests.integration.test_cli import cli
+
+    paras = paragraphs()
+    (tmp_path / "s1.jsonl").write_text("".join(json.dumps({"doc": f"d{n}", "body": t}) + "\n"
+                                               for n, t in enumerate(paras[:3] + paras[:1])))
+    (tmp_path / "pipeline.yaml").write_text(
+        "# every step: {step: NAME, ...params}\n- step: language\n  languages: [en]\n"
+        "- step: exact_dedup\n")
+    base = ("--endpoint", curation_address, "--api-key", TENANT_KEY)
+    r = cli("curation", "upload", tmp_path / "s1.jsonl", "--prefix", "cli/in", *base)
+    assert r.returncode == 0, r.stderr
+    r = cli("curation", "submit", "--input-prefix", "cli/in", "--output-prefix", "cli/out",
+            "--pipeline", tmp_path / "pipeline.yaml", "--text-field", "body", "--id-field",
+            "doc", "--wait", *base, timeout=240)
+    assert r.returncode == 0, r.stderr
+    assert "4 documents in 1 shards: 3 kept, 1 removed" in r.stdout
+    assert "exact_dedup:duplicate 1" in r.stdout
+    r = cli("curation", "score", "Ceci est une phrase en français, pas en anglais.", *base)
+    assert r.returncode == 0 and "language fr" in r.stdout, r.stderr
+    (tmp_path / "bad.yaml").write_text("- step: minhash_dedup\n  threshold: 7\n")
+    r = cli("curation", "submit", "--input-prefix", "cli/in", "--output-prefix", "cli/out2",
+            "--pipeline", tmp_path / "bad.yaml", *base)
+    assert r.returncode == 1 and "pipeline[0].threshold" in r.stderr
