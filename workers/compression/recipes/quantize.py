@@ -63,9 +63,10 @@ def int8_dynamic(src: Path, dst_dir: Path, *, op_types: list[str] | None = None,
 
 def int8_static(src: Path, dst_dir: Path, calibration: Calibration, *,
                 op_types: list[str] | None = None, per_channel: bool = True,
-                probe: Calibration | None = None) -> RecipeResult:
-    """Static int8 quantization in QDQ format: QUInt8 activations with MinMax ranges from
-    `calibration` (at least one feed), QInt8 weights, per-channel when asked. The model is
+                probe: Calibration | None = None, method: str = "minmax") -> RecipeResult:
+    """Static int8 quantization in QDQ format: QUInt8 activations with ranges from
+    `calibration` (at least one feed) by `method` (minmax, percentile: the 99.999th percentile
+    of |x|, or entropy), QInt8 weights, per-channel when asked. The model is
     pre-processed with ORT's quant_pre_process first where that works (noted when it does
     not), and lifted to opset 13 when per-channel scales need it. Op types are chosen as in
     int8_dynamic."""
@@ -82,6 +83,10 @@ def int8_static(src: Path, dst_dir: Path, calibration: Calibration, *,
     check_feeds(calibration, facts, "eval.calibration_samples")
     if not isinstance(per_channel, bool):
         raise RecipeError("recipe.per_channel", f"must be true or false, got {per_channel!r}")
+    methods = {"minmax": CalibrationMethod.MinMax, "percentile": CalibrationMethod.Percentile,
+               "entropy": CalibrationMethod.Entropy}
+    if method not in methods:
+        raise RecipeError("recipe.method", f"must be one of {', '.join(methods)}")
     _check_probe(probe, facts, op_types is None)
     types, auto = _resolve_op_types(op_types, facts, set(QDQRegistry), "static QDQ")
     notes = _unsupported_notes(facts, set(QDQRegistry), "static QDQ") if auto else []
@@ -99,12 +104,12 @@ def int8_static(src: Path, dst_dir: Path, calibration: Calibration, *,
                             quant_format=QuantFormat.QDQ, op_types_to_quantize=types,
                             per_channel=per_channel, reduce_range=False,
                             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
-                            calibrate_method=CalibrationMethod.MinMax)
+                            calibrate_method=methods[method])
 
         out, selection = _quantize(ws, build, types, auto, probe, notes)
         params = {"quant_format": "QDQ", "activation_type": "QUInt8", "weight_type": "QInt8",
                   "per_channel": per_channel, "reduce_range": False,
-                  "calibrate_method": "MinMax", "calibration_samples": len(calibration),
+                  "calibrate_method": method, "calibration_samples": len(calibration),
                   **preparation, **selection}
         return RecipeResult(ws.publish(out), params, notes)
 
