@@ -25,7 +25,7 @@ from workers.compression.families import LanguageModel, OcrRecognizer
 OCR_RECIPES = [
     ("int8_dynamic (auto op types)", {"name": "int8_dynamic", "op_types": []}),
     ("int8_static QDQ (auto op types)", {"name": "int8_static", "op_types": [],
-                                         "per_channel": True}),
+                                         "per_channel": True, "calibration": "percentile"}),
     ("fp16", {"name": "fp16"}),
     ("2:4 magnitude (all MatMul)", {"name": "sparse_2_4", "method": "magnitude",
                                     "include": ""}),

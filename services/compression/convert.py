@@ -26,6 +26,10 @@ RECIPES = {
     "sparse_2_4": "2:4 semi-structured pruning of MatMul weights (magnitude or Wanda)",
     "tensorrt": "TensorRT engine through ONNX Runtime's TensorRT execution provider (GPU)",
 }
+_CALIBRATIONS = {pb.Int8Static.CALIBRATION_UNSPECIFIED: "percentile",
+                 pb.Int8Static.CALIBRATION_PERCENTILE: "percentile",
+                 pb.Int8Static.CALIBRATION_MINMAX: "minmax",
+                 pb.Int8Static.CALIBRATION_ENTROPY: "entropy"}
 _METHODS = {pb.Sparse24.METHOD_UNSPECIFIED: "wanda", pb.Sparse24.METHOD_WANDA: "wanda",
             pb.Sparse24.METHOD_MAGNITUDE: "magnitude"}
 
@@ -49,9 +53,13 @@ def recipe_to_dict(r: pb.Recipe) -> dict:
         return {"name": kind, "op_types": _op_types(r.int8_dynamic.op_types,
                                                     "recipe.int8_dynamic.op_types")}
     if kind == "int8_static":
+        if r.int8_static.calibration not in _CALIBRATIONS:
+            raise InvalidArgument.for_field("recipe.int8_static.calibration",
+                                            "is not a known calibration method")
         return {"name": kind, "op_types": _op_types(r.int8_static.op_types,
                                                     "recipe.int8_static.op_types"),
-                "per_channel": not r.int8_static.per_tensor}
+                "per_channel": not r.int8_static.per_tensor,
+                "calibration": _CALIBRATIONS[r.int8_static.calibration]}
     if kind == "fp16":
         return {"name": kind}
     if kind == "sparse_2_4":

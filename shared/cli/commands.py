@@ -257,7 +257,8 @@ def compression_submit(client: Client, args: Namespace, out: Output) -> int:
                "max_metric_delta": args.max_metric_delta,
                "max_latency_ratio": args.max_latency_ratio, "request_id": args.request_id,
                "op_types": args.op_type, "method": args.method, "include": args.include,
-               "per_tensor": args.per_tensor, "fp16": args.fp16}
+               "per_tensor": args.per_tensor, "fp16": args.fp16,
+               "calibration": args.calibration}
     try:
         job = client.compression_submit(name, args.recipe, timeout_s=args.timeout, **options)
     except ValueError as exc:

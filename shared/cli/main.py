@@ -357,6 +357,9 @@ def build_parser() -> argparse.ArgumentParser:
                         "measure each and keep those that do not slow the model)")
     p.add_argument("--per-tensor", action="store_true",
                    help="int8_static: one scale per tensor instead of per channel")
+    p.add_argument("--calibration", default="percentile",
+                   choices=["percentile", "minmax", "entropy"],
+                   help="int8_static: how activation ranges are set (default percentile)")
     p.add_argument("--method", default="wanda", choices=["wanda", "magnitude"],
                    help="sparse_2_4: how the kept weights are chosen (default wanda)")
     p.add_argument("--include", default="", metavar="REGEX",

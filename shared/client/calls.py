@@ -142,15 +142,22 @@ RECIPE_NAMES = ("int8_dynamic", "int8_static", "fp16", "sparse_2_4", "tensorrt")
 
 
 def compression_recipe(name: str, *, op_types: list[str] | None = None, per_tensor: bool = False,
-                       method: str = "wanda", include: str = "", fp16: bool = False
-                       ) -> compression_pb.Recipe:
+                       method: str = "wanda", include: str = "", fp16: bool = False,
+                       calibration: str = "percentile") -> compression_pb.Recipe:
     """A Recipe message from flat options; options a recipe does not take are ignored."""
     if name == "int8_dynamic":
         return compression_pb.Recipe(int8_dynamic=compression_pb.Int8Dynamic(
             op_types=op_types or []))
     if name == "int8_static":
+        calibrations = {"percentile": compression_pb.Int8Static.CALIBRATION_PERCENTILE,
+                        "minmax": compression_pb.Int8Static.CALIBRATION_MINMAX,
+                        "entropy": compression_pb.Int8Static.CALIBRATION_ENTROPY}
+        if calibration not in calibrations:
+            raise ValueError(f"unknown calibration {calibration!r} (percentile, minmax, "
+                             "entropy)")
         return compression_pb.Recipe(int8_static=compression_pb.Int8Static(
-            op_types=op_types or [], per_tensor=per_tensor))
+            op_types=op_types or [], per_tensor=per_tensor,
+            calibration=calibrations[calibration]))
     if name == "fp16":
         return compression_pb.Recipe(fp16=compression_pb.Float16())
     if name == "sparse_2_4":

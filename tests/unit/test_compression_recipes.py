@@ -184,7 +184,10 @@ def test_static_given_types_smaller_runs_close(tmp_path):
     src = mlp(tmp_path / "mlp.onnx", d_in=128, hidden=256, d_out=32)
     calibration = feeds(16, (8, 128), seed=2)
     result = int8_static(src, tmp_path / "out", calibration, op_types=["MatMul"])
-    assert result.model.stat().st_size < 0.5 * src.stat().st_size
+    # The first layer (128x256 of the 160k weights) reads the raw input and stays in float;
+    # the second is int8.
+    assert result.params["nodes_in_float"] == ["fc1"]
+    assert result.model.stat().st_size < 0.9 * src.stat().st_size
     ops = op_types(result.model)
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     test_feed = feeds(1, (8, 128), seed=3)[0]

@@ -100,8 +100,13 @@ class OcrRecognizer(Family):
     def calibration(self, count: int) -> Calibration:
         from workers.compression.evaluate import recognizer_feeds
 
-        # Seed 1: other lines than the evaluation's (seed 0).
-        return recognizer_feeds(self._samples(count, seed=1))
+        # Seed 1: other lines than the evaluation's (seed 0). One common width (zero padding,
+        # as serving pads): histogram calibrators (percentile, entropy) stack every batch's
+        # activations and need equal shapes.
+        feeds = recognizer_feeds(self._samples(count, seed=1))
+        width = max(f["x"].shape[3] for f in feeds)
+        return [{"x": np.pad(f["x"], ((0, 0), (0, 0), (0, 0), (0, width - f["x"].shape[3])))}
+                for f in feeds]
 
     def probe(self) -> Calibration:
         from workers.compression.evaluate import recognizer_feeds

@@ -64,7 +64,8 @@ def _apply(recipe: dict, family, model: Path, work: Path, calibration_samples: i
         if name == "int8_static":
             return int8_static(model, work, family.calibration(count),
                                op_types=recipe["op_types"] or None,
-                               per_channel=recipe["per_channel"], probe=family.probe())
+                               per_channel=recipe["per_channel"], probe=family.probe(),
+                               method=recipe.get("calibration", "percentile"))
         if name == "fp16":
             return to_fp16(model, work)
         if name == "sparse_2_4":
