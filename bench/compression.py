@@ -1,12 +1,14 @@
-"""Compression recipes on the OCR recognizer and SmolLM2, side by side with the originals.
+"""Compression recipes on the OCR recognizer, all-MiniLM-L6-v2 and SmolLM2, side by side with
+the originals.
 
 For each (model, recipe): the recipe runs exactly as the compression worker runs it (the same
 family calibration, evaluation and report code), then size ratio (original / new), latency
 ratio (new / original, same inputs, same run, interleaved) and the metric before and after:
 CER on rendered real text lines for the recognizer, perplexity on held-out licence text for
-the LM.
+the LM; 1 − cosine agreement of the sentence embeddings with the original's on 64 held-out
+text snippets for the embedding model.
 
-    .venv/bin/python -m bench.compression            # both models (~10 min on 2 cores)
+    .venv/bin/python -m bench.compression            # all three models (~15 min on 2 cores)
     .venv/bin/python -m bench.compression --only ocr --no-write
 """
 
@@ -20,7 +22,7 @@ from pathlib import Path
 from bench import machine
 from bench.report import publish
 from shared.models.importer import rapidocr_dir, tensor_specs
-from workers.compression.families import LanguageModel, OcrRecognizer
+from workers.compression.families import EmbeddingModel, LanguageModel, OcrRecognizer
 
 OCR_RECIPES = [
     ("int8_dynamic (auto op types)", {"name": "int8_dynamic", "op_types": []}),
@@ -30,6 +32,10 @@ OCR_RECIPES = [
     ("2:4 magnitude (all MatMul)", {"name": "sparse_2_4", "method": "magnitude",
                                     "include": ""}),
     ("2:4 Wanda (all MatMul)", {"name": "sparse_2_4", "method": "wanda", "include": ""}),
+]
+EMBED_RECIPES = [
+    ("int8_dynamic (MatMul)", {"name": "int8_dynamic", "op_types": ["MatMul"]}),
+    ("fp16", {"name": "fp16"}),
 ]
 LM_RECIPES = [
     ("int8_dynamic (MatMul)", {"name": "int8_dynamic", "op_types": ["MatMul"]}),
@@ -60,7 +66,7 @@ def _run(family, recipe: dict, samples: int, work: Path) -> dict:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.compression", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--only", choices=["ocr", "lm"], help="one model only")
+    parser.add_argument("--only", choices=["ocr", "embed", "lm"], help="one model only")
     parser.add_argument("--ocr-lines", type=int, default=200, help="CER evaluation lines")
     parser.add_argument("--lm-windows", type=int, default=8, help="128-token windows")
     parser.add_argument("--no-write", action="store_true", help="print, do not write results")
@@ -73,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
         rec = rapidocr_dir() / "PP-OCRv6_rec_small.onnx"
         family = OcrRecognizer(rec.parent, rec, tensor_specs(rec)[0])
         cases += [("PP-OCRv6 rec", label, family, r, args.ocr_lines) for label, r in OCR_RECIPES]
+    if args.only in (None, "embed"):
+        from workers.curation.embeddings import export_model as export_embedder
+
+        folder = export_embedder()
+        emb = folder / "model.onnx"
+        family = EmbeddingModel(folder, emb, tensor_specs(emb)[0])
+        cases += [("all-MiniLM-L6-v2", label, family, r, 64) for label, r in EMBED_RECIPES]
     if args.only in (None, "lm"):
         from workers.textgen.export import default_export_dir, export_model
 
@@ -87,7 +100,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{n + 1}/{len(cases)}] {model}: {label} ...", flush=True)
             r = _run(family, recipe, samples, Path(tmp) / str(n))
             figures["cases"][f"{model} / {label}"] = r
-            metric = "CER %" if r["metric"] == "cer" else "perplexity"
+            metric = {"cer": "CER %", "perplexity": "perplexity"}.get(r["metric"],
+                                                                      "1 − cosine")
             scale = 100 if r["metric"] == "cer" else 1
             rows.append(f"| {model} | {label} | {r['parent_size_mb']} → {r['size_mb']} MB | "
                         f"{r['size_ratio']}× | {r['latency_ratio']}× | {metric} "
@@ -100,7 +114,9 @@ def main(argv: list[str] | None = None) -> int:
              f"of two rounds). OCR: CER on {args.ocr_lines} real text lines (Debian licences) "
              "rendered with DejaVu fonts, fed to the recognizer directly. LM: perplexity on "
              f"{args.lm_windows} windows of 128 tokens of held-out licence text (calibration "
-             "uses other licences). Size ratio: original / new (higher is smaller); latency "
+             "uses other licences). Embeddings: 1 − mean cosine agreement with the original's "
+             "sentence embeddings on 64 held-out text snippets. Size ratio: original / new "
+             "(higher is smaller); latency "
              "ratio: new / original (below 1 is faster). Dense CPU kernels gain nothing from "
              "2:4 sparsity and the file stays dense, so its size ratio is 1.", "",
              f"Other processes kept {figures['cpu'].get('foreign_cores', '?')} cores busy on "

@@ -32,7 +32,8 @@ DOMAINS = {"ocr": (50051, 9101, 9201), "audio": (50052, 9102, 9202),
            "compression": (50055, 9105, 9205)}
 # Model preparation per domain: a module run with `python -m` (idempotent, cached).
 PREPARE = {"ocr": ["shared.models.importer"], "audio": ["workers.audio.models"],
-           "textgen": ["workers.textgen.export", "--register"]}
+           "textgen": ["workers.textgen.export", "--register"],
+           "curation": ["workers.curation.embeddings", "--register"]}
 S3_PORT = int(os.environ.get("JOBMESH_LOCAL_S3_PORT", "9000"))
 FALLBACK_REDIS_PORT = 6390
 

@@ -7,6 +7,8 @@ probe feeds (latency), and an evaluation with one lower-is-better metric:
 - `ocr-recognizer` (ppocr-rec): CER on real text lines rendered with Debian fonts;
 - `language-model` (a folder with tokenizer.json + generation.json): perplexity on held-out
   real text (Debian licence texts), windows disjoint from the calibration text;
+- `embedding-model` (a folder with embedding.json: all-MiniLM-L6-v2): 1 − cosine agreement
+  of the sentence embeddings with the parent's on held-out real text;
 - `generic`: 1 − cosine agreement of the outputs with the parent's on seeded random inputs.
 """
 
@@ -159,9 +161,58 @@ class LanguageModel(Family):
                           new.latency_ms, {"tokens": new.tokens})
 
 
+class EmbeddingModel(Family):
+    name = "embedding-model"
+    metric = "cosine_distance"
+    default_samples = 64  # texts
+    default_calibration = 16
+
+    def _feeds(self, count: int, seed: int, batch: int = 8) -> Calibration:
+        """Token feeds for `count` real text snippets, all padded to one width (histogram
+        calibrators need equal shapes)."""
+        from workers.compression.evaluate import text_lines
+        from workers.curation.embeddings import Embedder
+
+        ids = Embedder(self.folder).token_ids(text_lines(count, seed=seed, min_chars=40,
+                                                         max_chars=200))
+        width = max(len(i) for i in ids)
+        feeds = []
+        for start in range(0, len(ids), batch):
+            rows = ids[start:start + batch]
+            input_ids = np.zeros((len(rows), width), np.int64)
+            mask = np.zeros((len(rows), width), np.int64)
+            for r, row in enumerate(rows):
+                input_ids[r, :len(row)], mask[r, :len(row)] = row, 1
+            feeds.append({"input_ids": input_ids, "attention_mask": mask})
+        return feeds
+
+    def calibration(self, count: int) -> Calibration:
+        return self._feeds(count, seed=1)
+
+    def probe(self) -> Calibration:
+        return self._feeds(16, seed=2)
+
+    def compare(self, new_model: Path, samples: int) -> Evaluation:
+        import onnxruntime as ort
+
+        feeds = self._feeds(samples, seed=3)
+        sessions = [ort.InferenceSession(str(m), providers=["CPUExecutionProvider"])
+                    for m in (self.model, new_model)]
+        cosines = []
+        for feed in feeds:
+            a, b = (s.run(["sentence_embedding"], feed)[0].astype(np.float64) for s in sessions)
+            cosines += list(np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1)
+                                                     * np.linalg.norm(b, axis=1)))
+        parent_ms, new_ms = _latencies(self.model, new_model, feeds[:4])
+        return Evaluation(self.metric, 0.0, 1.0 - float(np.mean(cosines)), parent_ms, new_ms,
+                          {"texts": samples, "min_cosine": round(float(np.min(cosines)), 6)})
+
+
 def family_of(name: str, folder: Path, model: Path, inputs: list[dict]) -> Family:
     if name in OCR_RECOGNIZERS:
         return OcrRecognizer(folder, model, inputs)
+    if (folder / "embedding.json").exists():
+        return EmbeddingModel(folder, model, inputs)
     if (folder / "tokenizer.json").exists() and (folder / "generation.json").exists():
         return LanguageModel(folder, model, inputs)
     return Family(folder, model, inputs)
