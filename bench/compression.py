@@ -28,6 +28,8 @@ OCR_RECIPES = [
     ("int8_dynamic (auto op types)", {"name": "int8_dynamic", "op_types": []}),
     ("int8_static QDQ (auto op types)", {"name": "int8_static", "op_types": [],
                                          "per_channel": True, "calibration": "percentile"}),
+    ("int8_static QDQ (MatMul + Conv)", {"name": "int8_static", "op_types": ["MatMul", "Conv"],
+                                         "per_channel": True, "calibration": "percentile"}),
     ("fp16", {"name": "fp16"}),
     ("2:4 magnitude (all MatMul)", {"name": "sparse_2_4", "method": "magnitude",
                                     "include": ""}),
