@@ -80,6 +80,7 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.compression
 	$(PYTHON) -m bench.curation_logs
 	$(PYTHON) -m bench.curation_data
+	$(PYTHON) -m bench.curation_detect
 
 chaos: $(STAMP) proto  ## fault injection under load: Redis kill -9 / restart, S3 outage (own Redis and S3)
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
