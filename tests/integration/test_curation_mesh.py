@@ -52,6 +52,15 @@ def step(name: str, **params) -> pb.Step:
 
 @pytest.fixture(scope="module")
 def curation_address(stack):
+    from shared.config import Settings
+    from shared.models.registry import ModelRegistry
+    from shared.storage.artifacts import ArtifactStore
+    from workers.textgen.export import register_textgen_model
+
+    # The reference LM of the lm_perplexity / llm_detect steps and of ScoreTexts.
+    settings = Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()})
+    register_textgen_model(ModelRegistry(ArtifactStore.from_settings(settings),
+                                         settings.models_bucket))
     stack.start_worker("curation", extra_env={"JOBMESH_TASK_TIME_LIMIT_S": "120",
                                               "JOBMESH_VISIBILITY_TIMEOUT_S": "240"})
     port = free_port()
@@ -173,6 +182,7 @@ def test_score_texts_and_list_steps(cur):
     assert en.language == "en" and fr.language == "fr"
     assert en.filters["gopher_repetition"] == "" and en.signals["words"] >= 60
     assert 0 <= en.profanity < 0.5
+    assert 1 < en.perplexity < 200 and en.machine_text_statistic > 0  # human prose
     steps = {s.step: s for s in cur.ListSteps(pb.ListStepsRequest(), metadata=auth(),
                                               timeout=10).steps}
     assert steps["minhash_dedup"].kind == "dedup"
@@ -206,3 +216,23 @@ def test_cli_upload_submit_wait_and_score(curation_address, tmp_path):
     r = cli("curation", "submit", "--input-prefix", "cli/in", "--output-prefix", "cli/out2",
             "--pipeline", tmp_path / "bad.yaml", *base)
     assert r.returncode == 1 and "pipeline[0].threshold" in r.stderr
+
+
+def test_lm_steps_score_with_the_registered_reference_model(cur, curation):
+    import random
+
+    rng = random.Random(7)
+    noise = " ".join("".join(rng.choice("qxzjkvbwy") for _ in range(rng.randint(3, 9)))
+                     for _ in range(120))
+    docs = [{"id": f"p{n}", "text": t} for n, t in enumerate(paragraphs()[:3])]
+    docs.append({"id": "noise", "text": noise})
+    upload(cur, "it/lm/in/s.jsonl.gz", shard(docs))
+    done = wait(curation, cur.SubmitCurate(pb.SubmitCurateRequest(
+        input_prefix="it/lm/in", output_prefix="it/lm/out",
+        pipeline=[step("lm_perplexity", max_perplexity=60), step("llm_detect", threshold=-0.5)]),
+        metadata=auth(), timeout=30).job)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    summary = job_response(done)
+    steps = {s.step: s for s in summary.steps}
+    assert dict(steps["lm_perplexity"].reasons) == {"lm_perplexity:too_high": 1}
+    assert steps["llm_detect"].removed == 0 and summary.documents_kept == 3

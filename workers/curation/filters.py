@@ -16,6 +16,7 @@ import functools
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Protocol
 
 from workers.curation.documents import Document
@@ -149,8 +150,15 @@ _BUILDERS: dict[type[StepSpec], Callable[[StepSpec], DocumentFilter]] = {
 }
 
 
-def build_filter(spec: StepSpec) -> DocumentFilter:
-    """The filter a "filter"-kind step describes (loads its model or tokenizer lazily)."""
+def build_filter(spec: StepSpec, lm_folder: Path | None = None) -> DocumentFilter:
+    """The filter a "filter"-kind step describes (loads its model or tokenizer lazily).
+    Steps that score with the reference LM need its export folder (`lm_folder`)."""
+    if spec.needs_lm:
+        if lm_folder is None:
+            raise PipelineError(f"{spec.step}", "needs the reference LM, and none was given")
+        from workers.curation.lm_filters import build_lm_filter
+
+        return build_lm_filter(spec, lm_folder)
     builder = _BUILDERS.get(type(spec))
     if builder is None:
         raise ValueError(f"{spec.step} is a {spec.kind} step, not a per-document filter")

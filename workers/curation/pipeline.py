@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -57,9 +58,15 @@ def _histogram(values: list[float], bins: list[float]) -> list[int]:
     return [int(c) for c in counts]
 
 
-def process_shard(docs: list[Document], steps: list[StepSpec]) -> ShardOutcome:
+def needs_lm(steps: list[StepSpec]) -> bool:
+    return any(s.needs_lm for s in steps)
+
+
+def process_shard(docs: list[Document], steps: list[StepSpec],
+                  lm_folder: Path | None = None) -> ShardOutcome:
+    """`lm_folder`: the reference LM's export, for steps that score with it."""
     stats: Counter = Counter({"documents_in": len(docs)})
-    filters = [build_filter(s) for s in filter_steps(steps)]
+    filters = [build_filter(s, lm_folder) for s in filter_steps(steps)]
     kept, removed = run_filters(docs, filters, stats) if filters else (list(docs), [])
     keys: dict[str, dict[str, str]] = {}
     for index, step in dedup_steps(steps):

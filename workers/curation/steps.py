@@ -42,6 +42,7 @@ class StepSpec(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     step: ClassVar[str]
     kind: ClassVar[str]  # "filter" | "dedup"
+    needs_lm: ClassVar[bool] = False  # scores with the reference LM (SmolLM2 from the registry)
 
     def as_dict(self) -> dict[str, Any]:
         """The spec as the user would write it (parse_pipeline([s.as_dict()]) == [s])."""
@@ -155,6 +156,34 @@ class ProfanityStep(StepSpec):
     step: ClassVar[str] = "profanity"
     kind: ClassVar[str] = "filter"
     threshold: float = Field(0.5, gt=0, le=1)
+
+
+@register
+class LmPerplexityStep(StepSpec):
+    """Keep documents whose perplexity under the reference LM (SmolLM2-135M, first
+    `max_tokens` tokens) lies within [min_perplexity, max_perplexity]: very high is noise or
+    another language, very low is boilerplate or repetition."""
+
+    step: ClassVar[str] = "lm_perplexity"
+    kind: ClassVar[str] = "filter"
+    needs_lm: ClassVar[bool] = True
+    min_perplexity: float = Field(0.0, ge=0)
+    max_perplexity: float = Field(1000.0, gt=0)
+    max_tokens: int = Field(256, ge=8, le=2048)
+
+
+@register
+class LlmDetectStep(StepSpec):
+    """Remove documents the zero-shot detector flags as machine-written: log-perplexity minus
+    mean entropy under the reference LM below `threshold`. Calibrate the threshold on human text
+    for the false-positive rate you accept (`workers.curation.detect.calibrate`; about -0.03
+    at 5% on the bench's human passages)."""
+
+    step: ClassVar[str] = "llm_detect"
+    kind: ClassVar[str] = "filter"
+    needs_lm: ClassVar[bool] = True
+    threshold: float
+    max_tokens: int = Field(256, ge=8, le=2048)
 
 
 @register

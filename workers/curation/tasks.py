@@ -23,6 +23,7 @@ import hashlib
 import json
 import logging
 import time
+from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
@@ -33,12 +34,14 @@ from shared.errors import InvalidArgument, JobmeshError, NotFound
 from shared.jobs.celery_app import make_celery
 from shared.jobs.records import JobRecord, State
 from shared.jobs.worker_kit import DEFERRED, JobContext, WorkerKit
+from shared.models.serving import ServedModels
 from shared.storage.artifacts import ArtifactRef, tenant_key
 from workers.curation import report
 from workers.curation.documents import Document
-from workers.curation.pipeline import global_duplicates, order_note, process_shard
+from workers.curation.pipeline import global_duplicates, needs_lm, order_note, process_shard
 from workers.curation.shards import ShardError, read_shard, write_shard
 from workers.curation.steps import PipelineError, parse_pipeline
+from workers.textgen.export import MODEL_NAME as LM_NAME
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +50,16 @@ app = make_celery("jobmesh-curation-worker", settings)
 kit = WorkerKit(app, "curation", settings)
 
 MAX_SHARD_BYTES = 512 * 1024 * 1024
+_models: ServedModels | None = None
+
+
+def lm_folder() -> Path:
+    """The reference LM (the SmolLM2 version the registry serves), verified in the local
+    cache; re-read like any served model, so a promotion reaches curation too."""
+    global _models
+    if _models is None:
+        _models = ServedModels.from_settings(settings)
+    return _models.folder(LM_NAME)[1]
 
 
 def _done_key(job_id: str) -> str:
@@ -197,7 +210,8 @@ def _run_shard(job: JobRecord, plan: dict, shard: dict) -> None:
     data = art.get_bytes(ArtifactRef(settings.artifacts_bucket, shard["key"]),
                          max_bytes=MAX_SHARD_BYTES)
     docs = read_shard(data, shard["name"], plan["text_field"], plan["id_field"])
-    outcome = process_shard(docs, _steps(plan["pipeline"]))
+    steps = _steps(plan["pipeline"])
+    outcome = process_shard(docs, steps, lm_folder() if needs_lm(steps) else None)
     # Dedup keys are `<shard>/<id>`: ids need only be unique within their shard.
     outcome.keys = {step: {_dedup_id(shard, doc_id): v for doc_id, v in values.items()}
                     for step, values in outcome.keys.items()}
@@ -309,7 +323,7 @@ def _write_outputs(job: JobRecord, plan: dict) -> tuple[dict, list[dict]]:
 def score(ctx: JobContext, request: dict) -> dict:
     from workers.curation.scoring import score_texts
 
-    return {"scores": score_texts(request["texts"])}
+    return {"scores": score_texts(request["texts"], lm_folder())}
 
 
 if settings.diagnostics:
