@@ -70,6 +70,9 @@ class Settings(BaseSettings):
     queue_preference: str = "gpu,cpu"
     retention_s: int = Field(default=7 * 24 * 3600, ge=60)
     max_deliveries: int = Field(default=3, ge=1)
+    # A job whose task never reached the broker (the gateway lost Redis between creating the
+    # record and queueing the task) FAILS with BACKEND_UNAVAILABLE after this long.
+    dispatch_grace_s: float = Field(default=60.0, gt=0)
     consumer_ttl_s: float = Field(default=6.0, gt=0)  # a worker is live while its beat is fresher
 
     # Batch jobs (CreateBatch): manifest limits, chunking, completion window.

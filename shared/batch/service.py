@@ -177,6 +177,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
                     self.gw.dispatcher.celery.send_task, CHUNK_TASK,
                     args=[{"job_id": job.id, "chunk": k}], queue=queue,
                     priority=self.settings.batch_priority, headers=tracing.inject())
+            await store.dispatched([job.id])
         except JobmeshError as exc:
             await store.fail(job.id, exc.to_dict())
             raise

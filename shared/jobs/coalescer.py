@@ -86,3 +86,5 @@ class Coalescer:
             for job, _, _ in pending.items:
                 await self.dispatcher.store.fail(job.id, err.to_dict())
             log.warning("batch not queued", extra={"task": task, "error": str(exc)})
+            return
+        await self.dispatcher.store.dispatched([job.id for job, _, _ in pending.items])

@@ -88,4 +88,5 @@ class JobDispatcher:
                               retry_after_s=1.0)
             await self.store.fail(job.id, err.to_dict())
             raise err from exc
+        await self.store.dispatched([job.id])
         return job, True

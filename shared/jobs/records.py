@@ -83,6 +83,10 @@ def chunk_deliveries_key(job_id: str) -> str:
 ARTIFACT_EXPIRY_KEY = f"{PREFIX}:artifacts:expiry"
 # Batches by the end of their completion window (score): the gateway janitor expires them.
 BATCH_DEADLINES_KEY = f"{PREFIX}:batches:deadline"
+# Jobs created but whose task is not yet known to be on the broker (job id -> create time). A
+# gateway that loses Redis between the two leaves a record no task will ever run; the janitor
+# fails those after `dispatch_grace_s` instead of leaving them QUEUED forever.
+UNDISPATCHED_KEY = f"{PREFIX}:jobs:undispatched"
 # Events kept per job: token deltas of a long generation must outlive a slow reader.
 EVENTS_MAXLEN = 20_000
 

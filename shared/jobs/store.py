@@ -51,8 +51,14 @@ class JobStore:
             p.expire(key, self.retention_s)
             p.zadd(r.tenant_index_key(tenant), {job_id: t})
             p.hincrby(r.counts_key(domain), State.QUEUED.value, 1)
+            p.zadd(r.UNDISPATCHED_KEY, {job_id: t})
             await p.execute()
         return job, True
+
+    async def dispatched(self, job_ids: list[str]) -> None:
+        """The jobs' tasks are on the broker: the janitor must not fail them."""
+        if job_ids:
+            await self.redis.zrem(r.UNDISPATCHED_KEY, *job_ids)
 
     async def get(self, job_id: str, tenant: str | None) -> JobRecord | None:
         """The job, or None when missing or owned by another tenant (None: any tenant)."""

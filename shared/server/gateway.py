@@ -168,6 +168,10 @@ class Gateway:
             except Exception as exc:
                 log.warning("batch expiry failed", extra={"error": str(exc)})
             try:
+                await self.fail_undispatched()
+            except Exception as exc:
+                log.warning("undispatched sweep failed", extra={"error": str(exc)})
+            try:
                 expired = await self.redis.zrangebyscore(ARTIFACT_EXPIRY_KEY, "-inf",
                                                          time.time(), start=0, num=100)
                 for member in expired:
@@ -177,6 +181,29 @@ class Gateway:
             except Exception as exc:
                 log.warning("artifact janitor failed", extra={"error": str(exc)})
 
+
+    async def fail_undispatched(self) -> int:
+        """FAILS the jobs created more than `dispatch_grace_s` ago whose task is not known to
+        have reached the broker and that no worker has started; returns how many. The state
+        transition is validated, so a job a worker did start, or another gateway already
+        failed, is left alone."""
+        from shared.errors import Unavailable
+        from shared.jobs.records import UNDISPATCHED_KEY, State
+
+        due = await self.redis.zrangebyscore(UNDISPATCHED_KEY, "-inf",
+                                             time.time() - self.settings.dispatch_grace_s,
+                                             start=0, num=100)
+        failed = 0
+        for member in due:
+            job = await self.store.get(member.decode(), None)
+            if job is not None and job.state is State.QUEUED and job.deliveries == 0:
+                err = Unavailable("the job was not queued: the job store or broker failed "
+                                  "while it was submitted; submit it again",
+                                  retry_after_s=1.0)
+                failed += await self.store.fail(job.id, err.to_dict())
+                log.warning("undispatched job failed", extra={"job_id": job.id})
+            await self.redis.zrem(UNDISPATCHED_KEY, member)
+        return failed
 
     async def expire_batches(self) -> int:
         """FAILS (reason EXPIRED) the batches past their completion window, keeping the lines

@@ -49,6 +49,7 @@ def chaos_stack(tmp_path_factory):
         "JOBMESH_CONSUMER_TTL_S": "3",
         "JOBMESH_READINESS_POLL_S": "0.5",
         "JOBMESH_JANITOR_INTERVAL_S": "1",
+        "JOBMESH_DISPATCH_GRACE_S": "5",
         "JOBMESH_LOG_JSON": "1",
     }
     stack = LocalStack(root, env)

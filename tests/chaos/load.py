@@ -99,16 +99,22 @@ def wait_terminal(redis_url: str, job_ids: list[str], timeout: float) -> dict[st
         time.sleep(0.25)
 
 
-def stuck_records(redis_url: str) -> list[tuple[str, str]]:
-    """Every job record in this Redis that is not terminal (accepted by a client or not)."""
+def stuck_records(redis_url: str, within_s: float = 15.0) -> list[tuple[str, str]]:
+    """Every job record in this Redis still not terminal after `within_s` (accepted by a client
+    or not). A record whose task never reached the broker is failed by the gateways' janitor
+    after JOBMESH_DISPATCH_GRACE_S (5 s here), so it is waited for, not counted at once."""
     client = redis.Redis.from_url(redis_url, decode_responses=True)
-    out = []
-    for key in client.scan_iter("jobmesh:job:*", count=500):
-        if key.count(":") == 2 and client.type(key) == "hash":
-            state = client.hget(key, "state")
-            if state not in TERMINAL:
-                out.append((key.rsplit(":", 1)[1], state))
-    return out
+    deadline = time.monotonic() + within_s
+    while True:
+        out = []
+        for key in client.scan_iter("jobmesh:job:*", count=500):
+            if key.count(":") == 2 and client.type(key) == "hash":
+                state = client.hget(key, "state")
+                if state not in TERMINAL:
+                    out.append((key.rsplit(":", 1)[1], state))
+        if not out or time.monotonic() > deadline:
+            return out
+        time.sleep(0.5)
 
 
 def check_outcomes(channel, job_ids: list[str]) -> dict[str, int]:

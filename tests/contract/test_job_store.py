@@ -107,3 +107,33 @@ def test_wait_returns_when_the_job_finishes(redis_url):
 
     done, took = run(go())
     assert done.state is State.SUCCEEDED and took < 3
+
+
+def test_a_job_whose_task_never_reached_the_broker_fails_after_the_grace(redis_url):
+    """The gateway lost Redis between creating the record and queueing the task: the janitor
+    fails the record (BACKEND_UNAVAILABLE) instead of leaving it QUEUED forever; a dispatched
+    job, and one a worker started, are left alone."""
+    from types import SimpleNamespace
+
+    from shared.jobs.records import UNDISPATCHED_KEY
+    from shared.server.gateway import Gateway
+
+    async def go():
+        store = await _store(redis_url)
+        kw = dict(tenant="t1", domain="ocr", method="m", queue="ocr.cpu")
+        orphan, _ = await store.create(**kw)
+        queued, _ = await store.create(**kw)
+        await store.dispatched([queued.id])
+        started, _ = await store.create(**kw)
+        await store.redis.hset(f"jobmesh:job:{started.id}", "deliveries", 1)
+        sweeper = SimpleNamespace(redis=store.redis, store=store,
+                                  settings=SimpleNamespace(dispatch_grace_s=0.0))
+        failed = await Gateway.fail_undispatched(sweeper)
+        states = [(await store.get(j.id, None)) for j in (orphan, queued, started)]
+        left = await store.redis.zcard(UNDISPATCHED_KEY)
+        return failed, states, left
+
+    failed, (orphan, queued, started), left = run(go())
+    assert failed >= 1 and left == 0  # (earlier tests' undispatched records count too)
+    assert orphan.state is State.FAILED and orphan.error["reason"] == "BACKEND_UNAVAILABLE"
+    assert queued.state is State.QUEUED and started.state is State.QUEUED
