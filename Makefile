@@ -81,6 +81,7 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.curation_logs
 	$(PYTHON) -m bench.curation_data
 	$(PYTHON) -m bench.curation_detect
+	$(PYTHON) -m bench.compeft
 
 chaos: $(STAMP) proto  ## fault injection under load: Redis kill -9 / restart, S3 outage (own Redis and S3)
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
