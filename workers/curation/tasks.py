@@ -30,7 +30,7 @@ from celery.exceptions import SoftTimeLimitExceeded
 from services.curation.convert import CURATE_TASK, SCORE_TASK, SHARD_TASK
 from shared import logs
 from shared.config import Settings
-from shared.errors import InvalidArgument, JobmeshError, NotFound
+from shared.errors import DeadlineExceeded, Internal, InvalidArgument, JobmeshError, NotFound
 from shared.jobs.celery_app import make_celery
 from shared.jobs.records import JobRecord, State
 from shared.jobs.worker_kit import DEFERRED, JobContext, WorkerKit
@@ -189,13 +189,20 @@ def shard_task(task_self, envelope: dict) -> None:
     elif store.state(job.id) in (State.CANCELLING, State.CANCELLED):
         pass  # counted as done; finalizing sees the cancel
     else:
+        meta = {"shard": shard["name"]}
         try:
             _run_shard(job, plan, shard)
-        except (JobmeshError, ShardError, SoftTimeLimitExceeded) as exc:
-            error = exc if isinstance(exc, JobmeshError) else InvalidArgument(
-                f"shard {shard['name']}: {exc}" if isinstance(exc, ShardError) else
-                f"shard {shard['name']}: exceeded the task time limit",
-                metadata={"shard": shard["name"]})
+        except ShardError as exc:
+            error = InvalidArgument(f"shard {shard['name']}: {exc}", metadata=meta)
+        except SoftTimeLimitExceeded:
+            error = DeadlineExceeded(f"shard {shard['name']}: exceeded the task time limit "
+                                     f"({settings.task_time_limit_s} s); split it", metadata=meta)
+        except JobmeshError as exc:
+            error = exc
+        except Exception as exc:  # a bug fails the job; it must not leave it RUNNING
+            log.exception("shard crashed", extra={"shard": shard["name"]})
+            error = Internal(f"shard {shard['name']}: worker error: {exc.__class__.__name__}",
+                             metadata=meta)
     if error is not None:
         store.redis.hset(_failed_key(job.id), index, json.dumps(error.to_dict()))
     store.redis.sadd(_done_key(job.id), index)
@@ -234,8 +241,17 @@ def _dedup_id(shard: dict, doc_id: str) -> str:
 def _maybe_finalize(job: JobRecord) -> None:
     plan_total = kit.store().redis.scard(_done_key(job.id))
     plan = _get_json(tenant_key(job.tenant, "jobs", job.id, "plan.json"))
-    if plan is not None and plan_total >= len(plan["shards"]):
+    if plan is None or plan_total < len(plan["shards"]):
+        return
+    try:
         _finalize(job.id)
+    except Exception as exc:  # S3 gone while writing outputs, or a bug: FAIL, never hang
+        log.exception("curation finalize failed")
+        err = exc if isinstance(exc, JobmeshError) else Internal(
+            f"finalizing failed: {exc.__class__.__name__}")
+        current = kit.store().get(job.id)
+        if current is not None and not current.done:
+            kit.store().transition(current, State.FAILED, {"error": err.to_dict()})
 
 
 def _finalize(job_id: str) -> None:
