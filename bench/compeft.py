@@ -12,7 +12,7 @@ initialisation A0.
 The trained adapter is cached in ~/.cache/jobmesh/adapters/<config hash>.safetensors (the hash
 covers the LoRA config, the model version and the training files), so a rerun skips training.
 
-    .venv/bin/python -m bench.compeft                   # ~1 h on 2 busy cores, ~25 min cached
+    .venv/bin/python -m bench.compeft    # 20-40 min on 2 shared cores, ~10 of them training
     .venv/bin/python -m bench.compeft --densities 0.1 --no-write
 """
 

@@ -11,16 +11,19 @@ What is compressed for a LoRA adapter (workers/compression/lora.py): the adapter
 A [r, in] and B [out, r], not the merged ΔW = B·A·alpha/r. ΔW of a rank-8 q/v adapter on
 SmolLM2-135M has 13.3 M entries against the adapter's 0.46 M; a keep-bitmask over it alone
 (1.7 MB) outweighs the fp16 adapter (0.92 MB), and to be 8× smaller than that adapter ΔW could
-keep well under 1% of its entries. A and B compress well enough (bench/compeft.py: within 2% of
-the adapter's task loss at 16× smaller than fp16). Two readings of "the task vector" of an
-adapter are left to the caller:
+keep well under 1% of its entries. A and B compress well enough: bench/compeft.py measured
+task loss within 2% of the adapter's at 13× smaller than the fp16 adapter (density 0.3), not
+at density 0.2 and below. Two readings of "the task vector" of an adapter are left to the
+caller:
 
 - the tensors themselves (an adapter of zeros is the base model), or
 - `task_vector(adapter, initial)`: the change from peft's seeded initialisation (B starts at 0,
   A at a Kaiming-uniform draw that the receiver regenerates from the seed; `apply_task_vector`
-  adds it back): the paper's θ_ft - θ_init applied to the PEFT parameters. This one keeps A's
-  random basis exact and loses less at every density measured, so it is the one to use when
-  the receiver can regenerate A0 (same seed, same peft initialisation).
+  adds it back): the paper's θ_ft - θ_init applied to the PEFT parameters. It keeps A's random
+  basis exact. In bench/results/compeft.md it lost less than the plain tensors at 3 of 5
+  densities and at most 0.3 points of relative loss more at the others (an earlier adapter on
+  another split: less at all 4, by up to 3 points). Use it when the receiver can regenerate
+  A0 (same seed, same peft initialisation).
 
 Positions are held as the smallest unsigned integer type that fits them (uint16 up to 65,536
 entries, else uint32, else int64) or as a packed bitmask, whichever takes fewer bytes; signs as
