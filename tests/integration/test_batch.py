@@ -157,6 +157,8 @@ def test_batch_past_its_window_fails_expired(client, images, worker):
 def test_kill_9_mid_batch_completes_every_line_once(client, images, worker):
     job = client.create_batch("ocr", "Recognize", manifest(images, 300, "k"))
     _wait_progress(client, job.name, 1)
+    r = redis.Redis.from_url(worker.env["JOBMESH_REDIS_URL"])
+    _wait_chunk_in_flight(r, job.name.removeprefix("jobs/"))
     worker.kill("worker-ocr")  # SIGKILL to the worker and its prefork child, mid-chunk
     worker.start_worker("ocr")
     worker.wait_consumers("ocr.cpu")
@@ -166,9 +168,22 @@ def test_kill_9_mid_batch_completes_every_line_once(client, images, worker):
     _, ok, bad = client.batch_results(job.name)
     ids = [e["custom_id"] for e in ok]
     assert sorted(ids) == sorted(f"k-{k}" for k in range(300)) and not bad
-    r = redis.Redis.from_url(worker.env["JOBMESH_REDIS_URL"])
     deliveries = r.hgetall(f"jobmesh:job:{job.name.removeprefix('jobs/')}:chunk-deliveries")
     assert max(int(v) for v in deliveries.values()) >= 2  # a chunk really ran again
+
+
+def _wait_chunk_in_flight(r: redis.Redis, job_id: str, timeout: float = 60) -> None:
+    """Until a chunk has been delivered (counted) and not yet recorded, so a kill now lands
+    mid-chunk rather than between two (a 16-line OCR chunk runs for seconds)."""
+    from shared.jobs.records import chunk_deliveries_key, chunks_done_key
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        started = set(r.hkeys(chunk_deliveries_key(job_id)))
+        if started - set(r.smembers(chunks_done_key(job_id))):
+            return
+        time.sleep(0.02)
+    raise AssertionError("no chunk in flight")
 
 
 def _wait_progress(client: Client, name: str, at_least: int, timeout: float = 120) -> None:
