@@ -193,6 +193,16 @@ def curation_upload(client: Client, args: Namespace, out: Output) -> int:
     return OK
 
 
+def _follow(client: Client, job, args: Namespace, out: Output):
+    """Prints a line per event (text output) until the job is done; returns its last state."""
+    last = job
+    for ev in client.watch_job(job.name):
+        if args.output == "text":
+            out.write(render.event_line(ev))
+        last = ev.job
+    return last
+
+
 def curation_submit(client: Client, args: Namespace, out: Output) -> int:
     try:
         job = client.curation_submit(_pipeline_file(args.pipeline), args.output_prefix,
@@ -204,11 +214,7 @@ def curation_submit(client: Client, args: Namespace, out: Output) -> int:
     if not args.wait:
         out.write(render.json_doc(job) if args.output == "json" else job.name)
         return OK
-    last = job
-    for ev in client.watch_job(job.name):
-        if args.output == "text":
-            out.write(render.event_line(ev))
-        last = ev.job
+    last = _follow(client, job, args, out)
     if last.state == job_pb2.JOB_STATE_SUCCEEDED:
         rep = client.curation_report(last.name)
         out.write(render.json_doc(rep) if args.output == "json" else
@@ -266,11 +272,7 @@ def compression_submit(client: Client, args: Namespace, out: Output) -> int:
     if not args.wait:
         out.write(render.json_doc(job) if args.output == "json" else job.name)
         return OK
-    last = job
-    for ev in client.watch_job(job.name):
-        if args.output == "text":
-            out.write(render.event_line(ev))
-        last = ev.job
+    last = _follow(client, job, args, out)
     if args.output == "json":
         out.write(render.json_doc(last))
     else:

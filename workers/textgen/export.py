@@ -33,18 +33,14 @@ CLI: python -m workers.textgen.export [--out DIR] [--force] [--register] [--forc
 from __future__ import annotations
 
 import argparse
-import contextlib
-import fcntl
-import hashlib
 import importlib.metadata
 import importlib.util
 import json
 import logging
-import os
-import shutil
-import time
 import warnings
 from pathlib import Path
+
+from shared.models import export_cache
 
 log = logging.getLogger(__name__)
 
@@ -55,7 +51,6 @@ GGUF_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 OPSET = 17
 MASK_MIN = -1e9  # additive mask value; finite so a fully masked row never turns into NaN
 FILES = ("model.onnx", "tokenizer.json", "generation.json")
-MARKER = "export.json"
 
 
 def kv_input_names(num_layers: int) -> list[str]:
@@ -79,35 +74,13 @@ def gguf_path() -> Path:
 
 
 def default_export_dir() -> Path:
-    root = os.environ.get("JOBMESH_EXPORT_DIR") or Path.home() / ".cache" / "jobmesh" / "export"
-    return Path(root) / MODEL_NAME / VERSION
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return export_cache.export_dir(MODEL_NAME, VERSION)
 
 
 def is_valid(folder: Path, deep: bool = False) -> bool:
-    """True when `folder` holds a complete export: `export.json` of this version lists every
-    file with its size (and, with `deep`, its sha256)."""
-    try:
-        marker = json.loads((folder / MARKER).read_text())
-    except (OSError, ValueError):
-        return False
-    if marker.get("version") != VERSION:
-        return False
-    files = marker.get("files", {})
-    for name in FILES:
-        entry, path = files.get(name), folder / name
-        if not entry or not path.exists() or path.stat().st_size != entry["size"]:
-            return False
-        if deep and _sha256(path) != entry["sha256"]:
-            return False
-    return True
+    """True when `folder` holds a complete export of this version (see shared.models.
+    export_cache)."""
+    return export_cache.is_complete(Path(folder), VERSION, FILES, deep)
 
 
 def _require_export_deps():
@@ -268,83 +241,36 @@ def _generation_config(model, tok) -> dict:
     }
 
 
-@contextlib.contextmanager
-def _locked(folder: Path):
-    """Serialises exports of one folder across processes (two test sessions at once)."""
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    with open(folder.parent / f".{folder.name}.lock", "w") as fh:
-        fcntl.flock(fh, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(fh, fcntl.LOCK_UN)
-
-
 def export_model(folder: Path | None = None, force: bool = False) -> Path:
     """Exports to `folder` (default: the cache) unless a valid export is already there; returns
     the folder holding model.onnx, tokenizer.json and generation.json."""
-    folder = Path(folder) if folder else default_export_dir()
-    if not force and is_valid(folder):
-        return folder
-    with _locked(folder):
-        if not force and is_valid(folder):  # another process finished it while we waited
-            return folder
-        t0 = time.perf_counter()
+
+    def make(tmp: Path) -> dict:
         model, tok = load_reference_model()
-        tmp = folder.with_name(f"{folder.name}.{os.getpid()}.tmp")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        try:
-            _export_onnx(model, tmp / "model.onnx")
-            worst = _self_check(model, tmp / "model.onnx")
-            tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-            (tmp / "generation.json").write_text(
-                json.dumps(_generation_config(model, tok), indent=2) + "\n")
-            marker = {
-                "version": VERSION, "source": f"{PACKAGE}/{GGUF_FILE}",
+        _export_onnx(model, tmp / "model.onnx")
+        worst = _self_check(model, tmp / "model.onnx")
+        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
+        (tmp / "generation.json").write_text(
+            json.dumps(_generation_config(model, tok), indent=2) + "\n")
+        return {"source": f"{PACKAGE}/{GGUF_FILE}",
                 "package_version": importlib.metadata.version(PACKAGE),
                 "torch": importlib.metadata.version("torch"),
                 "transformers": importlib.metadata.version("transformers"),
-                "self_check_max_abs_diff": worst,
-                "export_seconds": round(time.perf_counter() - t0, 1),
-                "files": {name: {"size": (tmp / name).stat().st_size,
-                                 "sha256": _sha256(tmp / name)} for name in FILES},
-            }
-            (tmp / MARKER).write_text(json.dumps(marker, indent=2) + "\n")
-            if folder.exists():
-                shutil.rmtree(folder)
-            tmp.rename(folder)
-        finally:
-            shutil.rmtree(tmp, ignore_errors=True)
-        log.info("textgen model exported", extra={"model": MODEL_NAME, "folder": str(folder),
-                                                  "seconds": marker["export_seconds"]})
-    return folder
+                "self_check_max_abs_diff": worst}
 
-
-def _tensor_specs(path: Path) -> tuple[list[dict], list[dict]]:
-    import onnxruntime as ort
-
-    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-
-    def spec(t):
-        return {"name": t.name, "dtype": t.type,
-                "shape": [d if isinstance(d, int) else -1 for d in t.shape]}
-
-    return [spec(t) for t in sess.get_inputs()], [spec(t) for t in sess.get_outputs()]
+    return export_cache.build(Path(folder) if folder else default_export_dir(), VERSION, FILES,
+                              make, force)
 
 
 def register_textgen_model(registry, force_serve: bool = False, folder: Path | None = None):
     """Exports if needed and registers `smollm2-135m-instruct@gguf-q4_1-onnx-v1` (idempotent:
     identical files under an existing version are a no-op). `serving` moves to it when
     `force_serve` or when the name has no serving version yet. Returns the Manifest."""
+    from shared.models.importer import has_serving, tensor_specs
+
     folder = export_model(folder)
-    marker = json.loads((folder / MARKER).read_text())
-    inputs, outputs = _tensor_specs(folder / "model.onnx")
-    try:
-        registry.serving_version(MODEL_NAME)
-        has_serving = True
-    except Exception:
-        has_serving = False
+    marker = json.loads((folder / export_cache.MARKER).read_text())
+    inputs, outputs = tensor_specs(folder / "model.onnx")
     manifest = registry.register(
         MODEL_NAME, VERSION, {name: folder / name for name in FILES},
         inputs=inputs, outputs=outputs,
@@ -353,7 +279,7 @@ def register_textgen_model(registry, force_serve: bool = False, folder: Path | N
                     "recipe": "workers/textgen/export.py (legacy torch.onnx exporter, opset "
                               f"{OPSET}, fp32 dequantized from Q4_1)",
                     "torch": marker["torch"], "transformers": marker["transformers"]},
-        serve=force_serve or not has_serving)
+        serve=force_serve or not has_serving(registry, MODEL_NAME))
     log.info("model registered", extra={"model": MODEL_NAME, "version": VERSION})
     return manifest
 
