@@ -171,6 +171,9 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
             await self.gw.redis.hset(r.job_key(job.id), mapping={
                 "batch": json.dumps(info.meta), "batch_phase": "IN_PROGRESS",
                 "progress_total": len(lines), "progress_message": "in progress"})
+            current = await store.get(job.id, tenant)
+            if current is not None and current.done:  # cancelled while its chunks were written
+                await self.gw.redis.hset(r.job_key(job.id), "batch_phase", "DONE")
             await self.gw.redis.zadd(r.BATCH_DEADLINES_KEY, {job.id: deadline})
             for k in range(len(chunks)):
                 await asyncio.to_thread(

@@ -11,15 +11,24 @@ requests (`shared.client.calls`); every call is a coroutine, streams are async i
 
 from __future__ import annotations
 
+import asyncio
+import json
 from collections.abc import AsyncIterator
 
 import grpc
 from jobmesh.jobs.v1 import job_pb2, job_service_pb2
 
 from shared.client import calls
-from shared.client.channel import SERVICE_CONFIG, USER_AGENT
+from shared.client.channel import aio_channel
 from shared.client.errors import JobmeshClientError
-from shared.client.sdk import DEFAULT_TIMEOUT_S, WAIT_MARGIN_S
+from shared.client.sdk import (
+    DEFAULT_TIMEOUT_S,
+    INLINE_LIMIT,
+    WAIT_MARGIN_S,
+    http_get,
+    http_put,
+    job_state,
+)
 from shared.client.settings import ClientSettings
 
 
@@ -46,9 +55,7 @@ class AsyncClient:
     def _channel(self, domain: str) -> tuple[str, grpc.aio.Channel]:
         target = self.settings.endpoint_for(domain)
         if target not in self._channels:
-            self._channels[target] = grpc.aio.insecure_channel(target, options=[
-                ("grpc.enable_retries", 1), ("grpc.service_config", SERVICE_CONFIG),
-                ("grpc.primary_user_agent", USER_AGENT)])
+            self._channels[target] = aio_channel(target, self.settings)
         return target, self._channels[target]
 
     def _timeout(self, timeout_s: float | None) -> float:
@@ -101,8 +108,14 @@ class AsyncClient:
                             self._timeout(timeout_s))
 
     async def audio_tag(self, audio: bytes, *, top_k: int = 0, segments: bool = False,
-                        timeout_s: float | None = None):
-        return await self.run(calls.audio_tag(audio, top_k, segments), timeout_s)
+                        model: str = "", timeout_s: float | None = None):
+        return await self.run(calls.audio_tag(audio, top_k, segments, model), timeout_s)
+
+    async def audio_detect_speech(self, audio: bytes, *, threshold: float = 0.0,
+                                  min_speech_ms: int = 0, min_silence_ms: int = 0,
+                                  timeout_s: float | None = None):
+        return await self.run(calls.audio_detect_speech(audio, threshold, min_speech_ms,
+                                                        min_silence_ms), timeout_s)
 
     async def audio_transcribe(self, audio: bytes, *, vad: bool = True,
                                timeout_s: float | None = None):
@@ -132,11 +145,60 @@ class AsyncClient:
         return self._stream(calls.jobs("WatchJob", job_service_pb2.WatchJobRequest(name=name)),
                             timeout_s)
 
+    async def list_jobs(self, states=None, domain: str = "", page_size: int = 0, *,
+                        timeout_s: float | None = None) -> AsyncIterator[job_pb2.Job]:
+        """The caller's jobs, newest first, across all pages (`page_size` per call)."""
+        req = job_service_pb2.ListJobsRequest(
+            page_size=page_size, domain=domain, states=[job_state(s) for s in states or ()])
+        while True:
+            resp = await self.run(calls.jobs("ListJobs", req), timeout_s)
+            for job in resp.jobs:
+                yield job
+            if not resp.next_page_token:
+                return
+            req.page_token = resp.next_page_token
+
+    async def delete_job(self, name: str, *, timeout_s: float | None = None) -> None:
+        await self.run(calls.jobs("DeleteJob", job_service_pb2.DeleteJobRequest(name=name)),
+                       timeout_s)
+
+    # Artifacts: the presigned PUT/GET runs in a thread so the event loop keeps serving.
+
+    async def upload(self, service: str, data: bytes,
+                     content_type: str = "application/octet-stream", *,
+                     timeout_s: float | None = None):
+        """Uploads an input too large to send inline to `service` (`ocr` or `audio`);
+        returns the ArtifactRef to pass as `image_ref` / `audio_ref`."""
+        resp = await self.run(calls.create_upload(service, content_type, len(data)), timeout_s)
+        await asyncio.to_thread(http_put, resp.upload_url, data, content_type,
+                                self._timeout(timeout_s))
+        return resp.ref
+
     async def create_batch(self, service: str, method: str, manifest: bytes, *,
                            request_id: str = "", completion_window_s: float | None = None,
+                           inline_limit: int = INLINE_LIMIT,
                            timeout_s: float | None = None) -> job_pb2.Job:
-        """A batch from an inline JSONL manifest (for manifests over the message size limit,
-        use the sync client's `create_batch`, which uploads them)."""
+        """A batch from JSONL `manifest` bytes: sent inline when small, else uploaded through
+        a presigned URL first (as the sync client's `create_batch`)."""
         call = calls.create_batch(service, method, request_id, completion_window_s)
-        call.request.inline_manifest = manifest
+        if len(manifest) <= inline_limit:
+            call.request.inline_manifest = manifest
+        else:
+            up = await self.run(calls.manifest_upload(service, len(manifest)), timeout_s)
+            await asyncio.to_thread(http_put, up.upload_url, manifest, "application/jsonl",
+                                    self._timeout(timeout_s))
+            call.request.input_file.CopyFrom(up.ref)
         return (await self.run(call, timeout_s)).job
+
+    async def batch_results(self, name: str, service: str = "jobs", *,
+                            timeout_s: float | None = None
+                            ) -> tuple[job_pb2.Job, list[dict], list[dict]]:
+        """(job, output lines, error lines) of a batch; both lists are empty until the
+        batch's phase is DONE."""
+        resp = await self.run(calls.batch_results(service, name), timeout_s)
+        out = []
+        for url in (resp.output_url, resp.error_url):
+            data = (await asyncio.to_thread(http_get, url, self._timeout(timeout_s))
+                    if url else b"")
+            out.append([json.loads(x) for x in data.decode().splitlines() if x.strip()])
+        return resp.job, out[0], out[1]

@@ -138,6 +138,25 @@ def create_batch(service: str, method: str, request_id: str = "",
     return Call(service, batch_service_pb2_grpc.BatchServiceStub, "CreateBatch", req)
 
 
+
+def manifest_upload(service: str, size: int) -> Call:
+    """A presigned PUT for a batch manifest too large to send inline."""
+    return Call(service, batch_service_pb2_grpc.BatchServiceStub, "CreateManifestUpload",
+                batch_service_pb2.CreateManifestUploadRequest(size=size))
+
+
+def batch_results(service: str, name: str) -> Call:
+    return Call(service, batch_service_pb2_grpc.BatchServiceStub, "GetBatchResults",
+                batch_service_pb2.GetBatchResultsRequest(name=name))
+
+
+def create_upload(service: str, content_type: str, size: int) -> Call:
+    """A presigned PUT for an OCR image or audio file too large to send inline."""
+    pb, stub = {"ocr": (ocr_service_pb2, ocr_service_pb2_grpc.OcrServiceStub),
+                "audio": (audio_pb, audio_service_pb2_grpc.AudioServiceStub)}[service]
+    return Call(service, stub, "CreateUpload",
+                pb.CreateUploadRequest(content_type=content_type, size=size))
+
 RECIPE_NAMES = ("int8_dynamic", "int8_static", "fp16", "sparse_2_4", "tensorrt")
 
 

@@ -14,20 +14,17 @@ from collections.abc import Callable, Iterable, Iterator
 import grpc
 from google.protobuf import descriptor_pool, message, message_factory
 from jobmesh.audio.v1 import audio_service_pb2 as audio_pb
-from jobmesh.audio.v1 import audio_service_pb2_grpc
 from jobmesh.jobs.v1 import (
-    batch_service_pb2,
-    batch_service_pb2_grpc,
     job_pb2,
     job_service_pb2,
     job_service_pb2_grpc,
 )
 from jobmesh.models.v1 import model_service_pb2, model_service_pb2_grpc
-from jobmesh.ocr.v1 import ocr_service_pb2, ocr_service_pb2_grpc
+from jobmesh.ocr.v1 import ocr_service_pb2
 from jobmesh.textgen.v1 import textgen_service_pb2 as textgen_pb
 
 from shared.client import calls
-from shared.client.channel import TrackedChannel
+from shared.client.channel import TrackedChannel, channel_credentials
 from shared.client.errors import JobmeshClientError
 from shared.client.settings import ClientSettings
 
@@ -91,7 +88,7 @@ class Client:
     def _channel(self, domain: str) -> TrackedChannel:
         target = self.settings.endpoint_for(domain)
         if target not in self._channels:
-            self._channels[target] = TrackedChannel(target)
+            self._channels[target] = TrackedChannel(target, channel_credentials(self.settings))
         return self._channels[target]
 
     def run(self, call: calls.Call, timeout_s: float | None = None):
@@ -155,11 +152,7 @@ class Client:
         """Uploads an input too large to send inline to `service` (`ocr` or `audio`:
         CreateUpload, then a PUT to the presigned URL); returns the ArtifactRef to pass as
         `image_ref` / `audio_ref`."""
-        stub, pb = {"ocr": (ocr_service_pb2_grpc.OcrServiceStub, ocr_service_pb2),
-                    "audio": (audio_service_pb2_grpc.AudioServiceStub, audio_pb)}[service]
-        resp = self._call(service, stub, "CreateUpload",
-                          pb.CreateUploadRequest(content_type=content_type, size=len(data)),
-                          timeout_s)
+        resp = self.run(calls.create_upload(service, content_type, len(data)), timeout_s)
         http_put(resp.upload_url, data, content_type, timeout_s or self.timeout_s)
         return resp.ref
 
@@ -239,17 +232,14 @@ class Client:
         """Creates a batch from JSONL `manifest` bytes (`{"custom_id", "body"}` per line): sent
         inline when small, else uploaded through a presigned URL first. A manifest with bad
         lines raises INVALID_ARGUMENT with one field violation per line (`line N: ...`)."""
-        spec = calls.create_batch(service, method, request_id, completion_window_s)
-        stub, req = spec.stub, spec.request
+        call = calls.create_batch(service, method, request_id, completion_window_s)
         if len(manifest) <= inline_limit:
-            req.inline_manifest = manifest
+            call.request.inline_manifest = manifest
         else:
-            up = self._call(service, stub, "CreateManifestUpload",
-                            batch_service_pb2.CreateManifestUploadRequest(size=len(manifest)),
-                            timeout_s)
+            up = self.run(calls.manifest_upload(service, len(manifest)), timeout_s)
             http_put(up.upload_url, manifest, "application/jsonl", timeout_s or self.timeout_s)
-            req.input_file.CopyFrom(up.ref)
-        return self._call(service, stub, "CreateBatch", req, timeout_s).job
+            call.request.input_file.CopyFrom(up.ref)
+        return self.run(call, timeout_s).job
 
     def batch_results(self, name: str, service: str = "jobs", *, timeout_s: float | None = None
                       ) -> tuple[job_pb2.Job, list[dict], list[dict]]:
@@ -257,8 +247,7 @@ class Client:
         both lists are empty until the batch's phase is DONE. Any gateway answers."""
         import json
 
-        resp = self._call(service, batch_service_pb2_grpc.BatchServiceStub, "GetBatchResults",
-                          batch_service_pb2.GetBatchResultsRequest(name=name), timeout_s)
+        resp = self.run(calls.batch_results(service, name), timeout_s)
         out = []
         for url in (resp.output_url, resp.error_url):
             data = http_get(url, timeout_s or self.timeout_s) if url else b""

@@ -12,6 +12,7 @@ from collections.abc import AsyncIterator
 
 import redis.asyncio as aioredis
 
+from shared import metrics
 from shared.errors import InvalidArgument, NotFound
 from shared.jobs import records as r
 from shared.jobs.records import JobRecord, State
@@ -77,9 +78,13 @@ class JobStore:
         return job
 
     async def fail(self, job_id: str, error: dict) -> bool:
+        """FAILS the job unless it already ended; True when this call moved it."""
+        domain = r._s(await self.redis.hget(r.job_key(job_id), "domain") or "unknown")
         res = await self._transition(
-            keys=[r.job_key(job_id), r.events_key(job_id), await self._counts(job_id)],
+            keys=[r.job_key(job_id), r.events_key(job_id), r.counts_key(domain)],
             args=r.transition_args(State.FAILED, {"error": error}))
+        if res[0]:
+            metrics.job_finished(domain, State.FAILED.value, error)
         return bool(res[0])
 
     async def cancel(self, job_id: str, tenant: str) -> JobRecord:
@@ -87,9 +92,12 @@ class JobStore:
         job = await self.require(job_id, tenant)
         keys = [r.job_key(job_id), r.events_key(job_id), r.counts_key(job.domain)]
         err = {"code": 1, "message": "cancelled by the client", "reason": "CANCELLED"}
-        if job.state is State.QUEUED:
-            await self._transition(keys=keys, args=r.transition_args(State.CANCELLED,
-                                                                     {"error": err}))
+        if job.state is State.QUEUED and (await self._transition(
+                keys=keys, args=r.transition_args(State.CANCELLED, {"error": err})))[0]:
+            metrics.job_finished(job.domain, State.CANCELLED.value, err)
+            if job.batch is not None and (await self.require(job_id, tenant)).done:
+                # No chunk started, so no worker will finalize it: it is DONE with no files.
+                await self.redis.hset(r.job_key(job_id), "batch_phase", "DONE")
         if (await self.require(job_id, tenant)).state is State.RUNNING:
             await self._transition(keys=keys, args=r.transition_args(State.CANCELLING))
         return await self.require(job_id, tenant)
@@ -194,10 +202,6 @@ class JobStore:
     async def counts(self, domain: str) -> dict[str, int]:
         h = await self.redis.hgetall(r.counts_key(domain))
         return {r._s(k): int(v) for k, v in h.items()}
-
-    async def _counts(self, job_id: str) -> str:
-        domain = await self.redis.hget(r.job_key(job_id), "domain")
-        return r.counts_key(r._s(domain) if domain else "unknown")
 
 
 def _encode_token(cursor: tuple[float, str], filt: str) -> str:

@@ -9,7 +9,7 @@ import time
 import redis
 import redis.asyncio as aioredis
 
-from shared.jobs.records import State
+from shared.jobs.records import BatchInfo, State
 from shared.jobs.store import JobStore
 from shared.jobs.worker_store import WorkerJobStore
 
@@ -64,6 +64,20 @@ def test_cancel_queued_is_immediate_running_goes_through_cancelling(redis_url):
         return (await store.cancel(q.id, "t1")).state, (await store.cancel(r_.id, "t1")).state
 
     assert run(go()) == (State.CANCELLED, State.CANCELLING)
+
+
+def test_a_batch_cancelled_before_any_chunk_started_is_done(redis_url):
+    """No worker will finalize it, so its phase says DONE at once (no files: no line ran)."""
+    async def go():
+        store = await _store(redis_url)
+        job, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q",
+                                    kind="BATCH", batch=BatchInfo({"chunks": 2},
+                                                                  "IN_PROGRESS", total=20))
+        return await store.cancel(job.id, "t1")
+
+    job = run(go())
+    assert job.state is State.CANCELLED
+    assert job.batch.phase == "DONE" and job.batch.completed == job.batch.failed == 0
 
 
 def test_list_pages_cover_everything_once_with_filters(redis_url):
