@@ -6,12 +6,14 @@ from __future__ import annotations
 
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 import grpc
 import redis
 from jobmesh.jobs.v1 import job_pb2, job_service_pb2_grpc
 from jobmesh.jobs.v1 import job_service_pb2 as jobs_pb
+from jobmesh.ocr.v1 import ocr_service_pb2 as ocr_pb
 
 from tests.conftest import auth
 from tests.integration.helpers import details
@@ -82,6 +84,21 @@ class Load:
             key = f"{c.kind}:{c.code}" + (f"/{c.reason}" if c.reason else "")
             out[key] = out.get(key, 0) + 1
         return out
+
+
+def ocr_submitter(ocr, images: list[bytes], deadline_s: float):
+    """A `Load` function: SubmitRecognize of the next image (a fresh request_id each call),
+    returning the accepted job's id."""
+    n = [0]
+
+    def call() -> str:
+        n[0] += 1
+        job = ocr.SubmitRecognize(
+            ocr_pb.SubmitRecognizeRequest(request_id=uuid.uuid4().hex,
+                                          image=images[n[0] % len(images)]),
+            metadata=auth(), timeout=deadline_s).job
+        return job.name.rsplit("/", 1)[-1]
+    return call
 
 
 def wait_terminal(redis_url: str, job_ids: list[str], timeout: float) -> dict[str, str]:

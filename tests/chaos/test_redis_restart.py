@@ -5,7 +5,6 @@ Redis runs append-only with `appendfsync always`, so every write it acknowledged
 from __future__ import annotations
 
 import time
-import uuid
 from dataclasses import dataclass
 
 import pytest
@@ -14,7 +13,13 @@ from jobmesh.ocr.v1 import ocr_service_pb2 as pb
 from jobmesh.ocr.v1 import ocr_service_pb2_grpc
 
 from tests.chaos.conftest import VISIBILITY_TIMEOUT_S, start_redis
-from tests.chaos.load import Load, check_outcomes, stuck_records, wait_terminal
+from tests.chaos.load import (
+    Load,
+    check_outcomes,
+    ocr_submitter,
+    stuck_records,
+    wait_terminal,
+)
 from tests.conftest import auth
 from tests.integration.helpers import render, submit_diag, wait_state
 
@@ -26,19 +31,6 @@ PACE_S = 0.3  # one call every 0.3 s from one thread: about 3 a second
 AFTER_S = 8.0  # load continues this long after Redis is back
 SETTLE_S = VISIBILITY_TIMEOUT_S + 30  # every accepted job is terminal by then
 IMAGES = [render(f"chaos line {i}") for i in range(4)]
-
-
-def _submit(ocr):
-    n = [0]
-
-    def call() -> str:
-        n[0] += 1
-        job = ocr.SubmitRecognize(
-            pb.SubmitRecognizeRequest(request_id=uuid.uuid4().hex,
-                                      image=IMAGES[n[0] % len(IMAGES)]),
-            metadata=auth(), timeout=CALL_DEADLINE_S).job
-        return job.name.rsplit("/", 1)[-1]
-    return call
 
 
 @dataclass
@@ -70,7 +62,7 @@ def redis_restart(request, chaos_stack, chaos_channel_module):
     ocr = ocr_service_pb2_grpc.OcrServiceStub(chaos_channel_module)
     assert ocr.Recognize(pb.RecognizeRequest(image=render("warm up")), metadata=auth(),
                          timeout=60).text == "warm up"
-    with Load({"submit": _submit(ocr)}, PACE_S) as load:
+    with Load({"submit": ocr_submitter(ocr, IMAGES, CALL_DEADLINE_S)}, PACE_S) as load:
         time.sleep(2)
         # One job running and one queued behind it when Redis goes (one worker, prefetch 1).
         running = submit_diag(env, "jobmesh.diag.v1.sleep", {"seconds": 3})
