@@ -6,8 +6,10 @@ alerts depend on them, so add metrics here rather than ad hoc in services.
 
 from __future__ import annotations
 
+import functools
 import logging
 
+import grpc
 from prometheus_client import Counter, Gauge, Histogram, start_http_server
 
 log = logging.getLogger(__name__)
@@ -45,6 +47,37 @@ MODEL_LOAD = Histogram(
 )
 WORKER_UP = Gauge("jobmesh_worker_up", "Live consumers of a queue, as the gateway sees them",
                   ["queue"])
+JOBS_FINISHED = Counter(
+    "jobmesh_jobs_finished_total",
+    "Jobs that reached a terminal state, counted once per job by the process whose transition "
+    "was applied", ["domain", "state", "reason"],
+)
+DEAD_LETTERS = Counter("jobmesh_dead_letters_total",
+                       "Messages given up on and parked on the queue's dead-letter list", ["queue"])
+# Reasons outside this set (ErrorReason names, then gRPC code names) count as OTHER, so a
+# misbehaving error path cannot grow the label set.
+OTHER_REASON = "OTHER"
+
+
+def job_finished(domain: str, state: str, error: dict | None) -> None:
+    """Counts one job ending in `state` (SUCCEEDED, FAILED or CANCELLED). Call it only when the
+    terminal transition was applied (the store's Lua script said so): a redelivered or
+    duplicated task is then never counted twice. `reason` is the stored error's reason
+    (ErrorInfo), "" for SUCCEEDED."""
+    reason = "" if state == "SUCCEEDED" else (error or {}).get("reason") or "INTERNAL"
+    if reason and reason not in finish_reasons():
+        reason = OTHER_REASON
+    JOBS_FINISHED.labels(domain=domain, state=state, reason=reason).inc()
+
+
+@functools.cache
+def finish_reasons() -> frozenset[str]:
+    """The `reason` values `jobmesh_jobs_finished_total` keeps as they are (besides "" for
+    SUCCEEDED and OTHER): the ErrorReason names and the gRPC status code names."""
+    from jobmesh.common.v1 import status_pb2
+
+    names = {n.removeprefix("ERROR_REASON_") for n in status_pb2.ErrorReason.keys()}
+    return frozenset(names | {c.name for c in grpc.StatusCode}) - {"UNSPECIFIED"}
 
 
 def serve_multiprocess(port: int) -> None:

@@ -219,6 +219,26 @@ def queues_section(queue_sel: str, jobs_sel: str, coalesce_sel: str) -> list[tup
                             "{{domain}} {{state}}")],
                     "short", "Job records per state in the job store (records expire after the "
                     "retention period)."), 8),
+        (timeseries("Finished jobs by state",
+                    [target(rate_sum("jobmesh_jobs_finished_total", "domain, state", jobs_sel),
+                            "{{domain}} {{state}}")],
+                    "ops", "Jobs reaching SUCCEEDED, FAILED or CANCELLED per second, each "
+                    "counted once by the worker or gateway that ended it.", stack=True), 8),
+        (timeseries("Failed jobs by reason",
+                    [target(rate_sum("jobmesh_jobs_finished_total", "domain, reason",
+                                     _and(jobs_sel, 'state="FAILED"')),
+                            "{{domain}} {{reason}}")],
+                    "ops", "FAILED jobs per second by their error reason (ErrorInfo): "
+                    "UNDECODABLE_INPUT, INPUT_TOO_LARGE, ... are the caller's; INTERNAL, "
+                    "WORKER_LOST, DEADLINE_EXCEEDED, BACKEND_UNAVAILABLE are the mesh's and "
+                    "feed the failure-ratio alert.", stack=True), 8),
+        (timeseries("Dead letters",
+                    [target(f"sum by (queue) (increase("
+                            f"{vec('jobmesh_dead_letters_total', queue_sel)}[{R}]))",
+                            "{{queue}}")],
+                    "short", "Messages given up on (the worker died JOBMESH_MAX_DELIVERIES "
+                    "times) and parked on jobmesh:deadletter:<queue>; any one raises an alert."),
+         8),
         (timeseries("Queue wait",
                     [target(quantile(q, "jobmesh_queue_duration_seconds_bucket", "queue",
                                      queue_sel), f"p{round(q * 100)} {{{{queue}}}}")

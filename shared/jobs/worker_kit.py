@@ -113,6 +113,8 @@ class WorkerKit:
         self.domain = domain
         self.settings = settings
         self.queues = [settings.queue(domain)]
+        for queue in self.queues:  # exposed at 0, so `increase()` in an alert sees the first one
+            metrics.DEAD_LETTERS.labels(queue=queue)
         self._pid = -1
         self._store: WorkerJobStore | None = None
         self._artifacts: ArtifactStore | None = None

@@ -8,6 +8,7 @@ import time
 
 import redis
 
+from shared import metrics
 from shared.jobs import records as r
 from shared.jobs.records import JobRecord, State
 
@@ -33,9 +34,12 @@ class WorkerJobStore:
 
     def transition(self, job: JobRecord, target: State, extra: dict | None = None) -> bool:
         """Moves the job if its current state allows it; False means someone got there first
-        (cancelled, or a duplicate delivery already finished it)."""
+        (cancelled, or a duplicate delivery already finished it). An applied terminal move is
+        counted in `jobmesh_jobs_finished_total`, so each job is counted once."""
         keys = [r.job_key(job.id), r.events_key(job.id), r.counts_key(job.domain)]
         res = self._transition(keys=keys, args=r.transition_args(target, extra))
+        if res[0] and target.terminal:
+            metrics.job_finished(job.domain, target.value, (extra or {}).get("error"))
         return bool(res[0])
 
     def progress(self, job_id: str, done: int, total: int, message: str = "") -> None:
@@ -93,6 +97,7 @@ class WorkerJobStore:
         entry = json.dumps({"job_id": job_id, "task": task, "time": time.time(),
                             "envelope": envelope})
         self.redis.lpush(r.dead_letter_key(queue), entry)
+        metrics.DEAD_LETTERS.labels(queue=queue).inc()
 
     def track_artifact_expiry(self, bucket: str, key: str, expire_at: float) -> None:
         self.redis.zadd(r.ARTIFACT_EXPIRY_KEY, {f"{bucket}/{key}": expire_at})

@@ -33,7 +33,8 @@ TEXT = "Metrics for the mesh 2026"
 
 @pytest.fixture(scope="module")
 def metered(stack):
-    """(gateway address, gateway /metrics URL, worker /metrics URL) after one Recognize."""
+    """(gateway /metrics URL, worker /metrics URL) after one Recognize that succeeded and one
+    that the worker failed."""
     with claimed_redis_db() as url:
         own = LocalStack(stack.root / "metrics", {**stack.env, "JOBMESH_REDIS_URL": url})
         port, gateway_metrics, worker_metrics = free_port(), free_port(), free_port()
@@ -45,11 +46,26 @@ def metered(stack):
             with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
                 resp = ocr_service_pb2_grpc.OcrServiceStub(channel).Recognize(
                     pb.RecognizeRequest(image=render(TEXT)), metadata=auth(), timeout=60)
-            assert resp.text == TEXT
+                assert resp.text == TEXT
+                fail_one(ocr_service_pb2_grpc.OcrServiceStub(channel))
             yield (f"http://127.0.0.1:{gateway_metrics}/metrics",
                    f"http://127.0.0.1:{worker_metrics}/metrics")
         finally:
             own.stop_all()
+
+
+def fail_one(ocr) -> None:
+    """A Recognize the gateway passes (the upload's bytes are not read there) and the worker
+    FAILS with UNDECODABLE_INPUT."""
+    junk = b"not an image at all" * 8
+    up = ocr.CreateUpload(pb.CreateUploadRequest(content_type="image/png", size=len(junk)),
+                          metadata=auth(), timeout=10)
+    put = urllib.request.Request(up.upload_url, data=junk, method="PUT",
+                                 headers={"Content-Type": "image/png"})
+    assert urllib.request.urlopen(put, timeout=10).status == 200
+    with pytest.raises(grpc.RpcError) as e:
+        ocr.Recognize(pb.RecognizeRequest(image_ref=up.ref), metadata=auth(), timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
 
 
 # ---- reading the exposition --------------------------------------------------------------------
@@ -165,11 +181,18 @@ def test_worker_metrics_after_a_job(metered):
         assert value(s, "jobmesh_batch_size_count", model="ppocr-rec@") >= 1
         assert find(s, "jobmesh_compute_duration_seconds_bucket", model="ppocr-det@",
                     stage="forward", le="+Inf")
+        # Each job counted once, by the worker that ended it; its queue's dead letters at 0.
+        assert value(s, "jobmesh_jobs_finished_total", domain="ocr", state="SUCCEEDED",
+                     reason="") == 1
+        assert value(s, "jobmesh_jobs_finished_total", domain="ocr", state="FAILED",
+                     reason="UNDECODABLE_INPUT") == 1
+        assert value(s, "jobmesh_dead_letters_total", queue="ocr.cpu") == 0
 
     samples = until(lambda: scrape(worker_url), check)
     seen = assert_labels_as_defined(samples)
     assert {"jobmesh_queue_duration_seconds", "jobmesh_compute_duration_seconds",
-            "jobmesh_batch_size", "jobmesh_model_load_seconds"} <= seen
+            "jobmesh_batch_size", "jobmesh_model_load_seconds", "jobmesh_jobs_finished",
+            "jobmesh_dead_letters"} <= seen
 
 
 def test_every_documented_metric_is_exposed_by_gateway_or_worker(metered):
@@ -180,5 +203,6 @@ def test_every_documented_metric_is_exposed_by_gateway_or_worker(metered):
     documented = {"jobmesh_requests", "jobmesh_request_duration_seconds",
                   "jobmesh_queue_duration_seconds", "jobmesh_compute_duration_seconds",
                   "jobmesh_batch_size", "jobmesh_jobs", "jobmesh_queue_depth",
-                  "jobmesh_model_load_seconds", "jobmesh_worker_up"}
+                  "jobmesh_model_load_seconds", "jobmesh_worker_up", "jobmesh_jobs_finished",
+                  "jobmesh_dead_letters"}
     assert documented <= seen, f"missing: {sorted(documented - seen)}"

@@ -104,6 +104,7 @@ KNOWN_VALUES = {
     "state": {s.value for s in State},
     "method": METHODS | {"Check", "Watch", "ServerReflectionInfo"},
     "service": {service_label(s) for s in SERVICES | PROBE_SERVICES},
+    "reason": metrics.finish_reasons() | {metrics.OTHER_REASON, ""},
 }
 
 
