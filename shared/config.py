@@ -75,6 +75,14 @@ class Settings(BaseSettings):
     dispatch_grace_s: float = Field(default=60.0, gt=0)
     consumer_ttl_s: float = Field(default=6.0, gt=0)  # a worker is live while its beat is fresher
 
+    # Per-tenant limits, shared by all gateway replicas through Redis (shared/server/quotas.py,
+    # shared/jobs/quota.py). 0 = off, the default: the right numbers depend on the deployment,
+    # so an operator opts in. An API key's YAML entry may override each (`rate_per_s`,
+    # `rate_burst`, `max_active_jobs`; 0 there exempts that key). Admin keys are limited alike.
+    tenant_rate_per_s: float = Field(default=0.0, ge=0)  # authenticated RPCs per second
+    tenant_rate_burst: int = Field(default=0, ge=0)  # calls at once; 0 = one second's worth
+    tenant_max_active_jobs: int = Field(default=0, ge=0)  # QUEUED/RUNNING/CANCELLING jobs
+
     # Batch jobs (CreateBatch): manifest limits, chunking, completion window.
     batch_max_lines: int = Field(default=50_000, ge=1)
     batch_max_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)  # the manifest

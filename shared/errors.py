@@ -86,6 +86,9 @@ class AlreadyExists(JobmeshError):
 
 
 class ResourceExhausted(JobmeshError):
+    """A limit was reached: the tenant's rate (`RATE_LIMITED`) or active-job quota
+    (`QUOTA_EXCEEDED`); `retry_after_s` says when trying again can succeed."""
+
     __init__ = _kind(grpc.StatusCode.RESOURCE_EXHAUSTED, "INPUT_TOO_LARGE")
 
 

@@ -15,6 +15,7 @@ import redis.asyncio as aioredis
 from shared import metrics
 from shared.errors import InvalidArgument, NotFound
 from shared.jobs import records as r
+from shared.jobs.quota import ActiveJobs, active_job_limit, active_key
 from shared.jobs.records import JobRecord, State
 
 MAX_PAGE = 1000
@@ -26,21 +27,33 @@ class JobStore:
         self.redis = redis
         self.retention_s = retention_s
         self._transition = redis.register_script(r.TRANSITION_LUA)
+        self.active = ActiveJobs(redis, retention_s)
 
     async def create(self, *, tenant: str, domain: str, method: str, queue: str,
                      request_id: str = "", kind: str = "SINGLE",
-                     batch: r.BatchInfo | None = None) -> tuple[JobRecord, bool]:
+                     batch: r.BatchInfo | None = None, max_active: int | None = None
+                     ) -> tuple[JobRecord, bool]:
         """Creates a QUEUED job; returns (job, created). With a `request_id` already used by this
-        tenant, returns the first job and created=False (AIP-155)."""
+        tenant, returns the first job and created=False (AIP-155), even at the quota. A new job
+        over the tenant's active-job quota (`max_active`, by default the calling RPC's limit)
+        raises QUOTA_EXCEEDED."""
         job_id = uuid.uuid4().hex
+        idem = r.idempotency_key(tenant, request_id) if request_id else ""
         if request_id:
-            idem = r.idempotency_key(tenant, request_id)
             if not await self.redis.set(idem, job_id, nx=True, ex=self.retention_s):
                 first = await self.redis.get(idem)
                 existing = await self.get(r._s(first), tenant) if first else None
                 if existing:
                     return existing, False
                 await self.redis.set(idem, job_id, ex=self.retention_s)  # first one expired
+        try:
+            await self.active.admit(tenant, job_id,
+                                    active_job_limit.get() if max_active is None else max_active)
+        except Exception:
+            # The request_id must not point at a job that was never written.
+            if idem and r._s(await self.redis.get(idem) or b"") == job_id:
+                await self.redis.delete(idem)
+            raise
         t = r.now()
         job = JobRecord(id=job_id, tenant=tenant, domain=domain, method=method, queue=queue,
                         kind=kind, request_id=request_id, create_time=t, update_time=t,
@@ -109,6 +122,7 @@ class JobStore:
                      r.chunk_deliveries_key(job_id))
             p.zrem(r.tenant_index_key(tenant), job_id)
             p.zrem(r.BATCH_DEADLINES_KEY, job_id)
+            p.zrem(active_key(tenant), job_id)
             if job.request_id:
                 p.delete(r.idempotency_key(tenant, job.request_id))
             p.hincrby(r.counts_key(job.domain), job.state.value, -1)

@@ -33,6 +33,7 @@ from shared.jobs.records import ARTIFACT_EXPIRY_KEY
 from shared.jobs.store import JobStore
 from shared.models.registry import ModelRegistry
 from shared.server.interceptors import AuthInterceptor, ErrorInterceptor
+from shared.server.quotas import QuotaInterceptor
 from shared.storage.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -98,7 +99,9 @@ class Gateway:
 
         limit = self.settings.max_message_bytes
         server = grpc.aio.server(
-            interceptors=[ErrorInterceptor(), AuthInterceptor(self.keyring)],
+            # Outermost first: errors wrap everything; limits need the caller auth found.
+            interceptors=[ErrorInterceptor(), AuthInterceptor(self.keyring),
+                          QuotaInterceptor(self.redis, self.settings)],
             options=[("grpc.max_receive_message_length", limit),
                      ("grpc.max_send_message_length", limit),
                      ("grpc.so_reuseport", 0)])

@@ -41,6 +41,11 @@ def current_principal() -> Principal:
     return p
 
 
+def caller() -> Principal | None:
+    """The caller of the RPC being served, None on an open method (health)."""
+    return _principal.get()
+
+
 def require_admin() -> Principal:
     p = current_principal()
     if not p.is_admin:
