@@ -8,7 +8,7 @@ from __future__ import annotations
 from functools import lru_cache
 from pathlib import Path
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DOMAIN_PORTS = {"ocr": 50051, "audio": 50052, "textgen": 50053, "curation": 50054,
@@ -46,6 +46,12 @@ class Settings(BaseSettings):
     host: str = "0.0.0.0"
     port: int = Field(default=0, ge=0, le=65535)  # 0 = the domain's default port
     metrics_port: int = Field(default=-1, ge=-1, le=65535)  # -1 = domain default, 0 = off
+    # TLS on the gRPC port: server certificate chain and key (PEM), both or neither; plaintext
+    # when unset (the local default). With tls_client_ca_file set, every client must present a
+    # certificate that CA signed (mTLS). Read once at start-up: new certificates need a restart.
+    tls_cert_file: Path | None = None
+    tls_key_file: Path | None = None
+    tls_client_ca_file: Path | None = None
     max_message_bytes: int = Field(default=8 * 1024 * 1024, ge=1024)
     max_upload_bytes: int = Field(default=200 * 1024 * 1024, ge=1024)
     max_image_pixels: int = Field(default=40_000_000, ge=64)  # per image or document page
@@ -115,6 +121,21 @@ class Settings(BaseSettings):
         if v not in ("cpu", "gpu"):
             raise ValueError("JOBMESH_DEVICE must be cpu or gpu")
         return v
+
+    @field_validator("tls_cert_file", "tls_key_file", "tls_client_ca_file", mode="before")
+    @classmethod
+    def _unset_when_empty(cls, v):
+        return None if v == "" else v  # `JOBMESH_TLS_CERT_FILE=` in a compose file means unset
+
+    @model_validator(mode="after")
+    def _tls(self) -> Settings:
+        if (self.tls_cert_file is None) != (self.tls_key_file is None):
+            raise ValueError("JOBMESH_TLS_CERT_FILE and JOBMESH_TLS_KEY_FILE go together: "
+                             "set both for TLS, or neither for plaintext")
+        if self.tls_client_ca_file is not None and self.tls_cert_file is None:
+            raise ValueError("JOBMESH_TLS_CLIENT_CA_FILE (mTLS) needs JOBMESH_TLS_CERT_FILE "
+                             "and JOBMESH_TLS_KEY_FILE")
+        return self
 
     def gateway_port(self, domain: str) -> int:
         return self.port or DOMAIN_PORTS[domain]

@@ -31,7 +31,8 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE, EXIT_AUTH = 0, 1, 2, 3, 4
 
 TOP_HELP = """\
 Settings are resolved as: flags > environment (JOBMESH_ENDPOINT, JOBMESH_ENDPOINT_<DOMAIN>,
-JOBMESH_API_KEY) > --env-file > .jobmesh/local.env in this directory or its nearest parent.
+JOBMESH_API_KEY, JOBMESH_TLS*) > --env-file > .jobmesh/local.env in this directory or its
+nearest parent.
 
 exit codes: 0 ok, 1 request or job failed, 2 usage error, 3 cannot reach the mesh,
 4 auth refused
@@ -44,7 +45,8 @@ examples:
 """
 
 GLOBAL_DEFAULTS = {"endpoint": None, "api_key": None, "env_file": None, "output": "text",
-                   "out": None, "timeout": None}
+                   "out": None, "timeout": None, "tls": None, "tls_ca_file": None,
+                   "tls_cert_file": None, "tls_key_file": None}
 
 
 def _positive(value: str) -> float:
@@ -79,6 +81,15 @@ def _global_flags() -> argparse.ArgumentParser:
     g.add_argument("--endpoint", metavar="HOST:PORT", help="gateway to call (default: settings)")
     g.add_argument("--api-key", metavar="KEY", help="API key sent as `authorization: Bearer`")
     g.add_argument("--env-file", metavar="PATH", help="read JOBMESH_* settings from this file")
+    g.add_argument("--tls", action="store_true",
+                   help="TLS with the system's trust store (JOBMESH_TLS); implied by "
+                        "--tls-ca-file")
+    g.add_argument("--tls-ca-file", metavar="PEM",
+                   help="CA bundle that signed the gateway's certificate (JOBMESH_TLS_CA_FILE)")
+    g.add_argument("--tls-cert-file", metavar="PEM", help="client certificate for gateways "
+                   "that require mTLS (JOBMESH_TLS_CLIENT_CERT_FILE)")
+    g.add_argument("--tls-key-file", metavar="PEM",
+                   help="the client certificate's key (JOBMESH_TLS_CLIENT_KEY_FILE)")
     g.add_argument("--output", choices=["text", "json"],
                    help="print format: text (default) or proto JSON")
     g.add_argument("--out", metavar="PATH", help="write the output to PATH instead of stdout")
@@ -407,7 +418,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--out {args.out}: no such directory")
     out = Output(args.out)
     try:
-        settings = ClientSettings.resolve(args.endpoint, args.api_key, env_file=args.env_file)
+        settings = ClientSettings.resolve(
+            args.endpoint, args.api_key, env_file=args.env_file, tls=args.tls or None,
+            tls_ca_file=args.tls_ca_file, tls_cert_file=args.tls_cert_file,
+            tls_key_file=args.tls_key_file)
         with Client(settings, timeout_s=args.timeout or DEFAULT_TIMEOUT_S) as client:
             return args.handler(client, args, out)
     except (ConfigError, commands.UsageError) as e:

@@ -34,6 +34,7 @@ from shared.jobs.store import JobStore
 from shared.models.registry import ModelRegistry
 from shared.server.interceptors import AuthInterceptor, ErrorInterceptor
 from shared.server.quotas import QuotaInterceptor
+from shared.server.tls import server_credentials
 from shared.storage.artifacts import ArtifactStore
 
 log = logging.getLogger(__name__)
@@ -89,7 +90,8 @@ class Gateway:
 
     def create_server(self, address: str) -> tuple[grpc.aio.Server, int]:
         """Builds the server with interceptors, size limits, JobService, ModelService, health
-        and reflection; returns it with the bound port (bind port 0 in tests)."""
+        and reflection; returns it with the bound port (bind port 0 in tests). The port speaks
+        TLS (mTLS with a client CA) when the settings name a certificate, else plaintext."""
         from jobmesh.jobs.v1 import batch_service_pb2_grpc, job_service_pb2_grpc
         from jobmesh.models.v1 import model_service_pb2_grpc
 
@@ -109,7 +111,9 @@ class Gateway:
         batch_service_pb2_grpc.add_BatchServiceServicer_to_server(BatchServicer(self), server)
         model_service_pb2_grpc.add_ModelServiceServicer_to_server(ModelServicer(self), server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
-        port = server.add_insecure_port(address)
+        credentials = server_credentials(self.settings)  # None: plaintext (local default)
+        port = (server.add_secure_port(address, credentials) if credentials is not None
+                else server.add_insecure_port(address))
         if port == 0:
             raise OSError(f"cannot bind {address}")
         return server, port
