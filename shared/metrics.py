@@ -79,6 +79,17 @@ def finish_reasons() -> frozenset[str]:
     names = {n.removeprefix("ERROR_REASON_") for n in status_pb2.ErrorReason.keys()}
     return frozenset(names | {c.name for c in grpc.StatusCode}) - {"UNSPECIFIED"}
 
+# GPU gauges, sampled from NVML at each scrape of a worker (shared/gpu_metrics.py), only where
+# NVML initialises: a machine without an NVIDIA GPU exposes none of them. Name -> (help, labels);
+# `gpu_uuid` is NVML's UUID (GPU-5f3c...), as in Triton's nv_gpu_* metrics.
+GPU_GAUGES = {
+    "jobmesh_gpu_memory_used_bytes": ("GPU memory in use, all processes (NVML)", ("gpu_uuid",)),
+    "jobmesh_gpu_memory_total_bytes": ("GPU memory installed (NVML)", ("gpu_uuid",)),
+    "jobmesh_gpu_utilization_ratio": (
+        "Share of the last sample period in which a kernel ran on the GPU, 0-1 (NVML)",
+        ("gpu_uuid",)),
+}
+
 
 def serve_multiprocess(port: int) -> None:
     """`/metrics` for a prefork worker: aggregates every child's samples from
@@ -87,8 +98,11 @@ def serve_multiprocess(port: int) -> None:
         return
     from prometheus_client import CollectorRegistry, multiprocess
 
+    from shared import gpu_metrics
+
     registry = CollectorRegistry()
     multiprocess.MultiProcessCollector(registry)
+    gpu_metrics.register(registry)
     try:
         start_http_server(port, registry=registry)
         log.info("metrics endpoint up", extra={"port": port, "mode": "multiprocess"})

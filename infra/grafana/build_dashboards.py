@@ -293,6 +293,25 @@ def models_section(model_sel: str, task_sel: str) -> list[tuple[dict, int]]:
     ]
 
 
+def gpus_section() -> list[tuple[dict, int]]:
+    return [
+        (timeseries("GPU memory",
+                    [target("max by (gpu_uuid) (jobmesh_gpu_memory_used_bytes)",
+                            "{{gpu_uuid}} used"),
+                     target("max by (gpu_uuid) (jobmesh_gpu_memory_total_bytes)",
+                            "{{gpu_uuid}} total")],
+                    "bytes", "Memory in use on each GPU (all processes, NVML) against what it "
+                    "has. Reported by every worker that sees the GPU, hence max by GPU. Empty "
+                    "without GPU workers (or without the nvidia-ml-py package in their image)."),
+         12),
+        (timeseries("GPU utilization",
+                    [target("max by (gpu_uuid) (jobmesh_gpu_utilization_ratio)",
+                            "{{gpu_uuid}}")],
+                    "percentunit", "Share of NVML's last sample period (1/6 s to 1 s) in which a "
+                    "kernel ran on the GPU: busy, not how much of the GPU the kernels used."), 12),
+    ]
+
+
 # ---- dashboards --------------------------------------------------------------------------------
 
 def layout(sections: list[tuple[str, list[tuple[dict, int]]]], height: int = 8) -> list[dict]:
@@ -347,6 +366,7 @@ def overview() -> dict:
         ("Requests", requests_section("service", NOT_PROBES, "service")),
         ("Queues, workers and jobs", queues_section("", "", "")),
         ("Models", models_section(f'model!~"{GATEWAY_TASKS}"', f'model=~"{GATEWAY_TASKS}"')),
+        ("GPUs", gpus_section()),
     ]
     return dashboard("jobmesh-overview", "jobmesh / overview",
                      "Every gateway, queue, worker and model of the mesh. One dashboard per "

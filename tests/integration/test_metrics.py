@@ -119,6 +119,8 @@ def defined_labels() -> dict[str, set[str]]:
         if isinstance(obj, MetricWrapperBase):
             [desc] = obj.describe()
             out[desc.name] = set(obj._labelnames)
+    # The GPU gauges (only on a machine with an NVIDIA GPU) come from a collector.
+    out.update({name: set(labels) for name, (_, labels) in metrics.GPU_GAUGES.items()})
     return out
 
 

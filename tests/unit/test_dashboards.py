@@ -71,6 +71,8 @@ def _catalogue() -> dict[str, set[str]]:
             series[f"{desc.name}_count"] = labels
         else:
             series[desc.name] = labels
+    # Gauges a collector produces (GPU, from NVML), declared in shared/metrics.py by name.
+    series.update({name: set(labels) for name, (_, labels) in metrics.GPU_GAUGES.items()})
     return series
 
 
@@ -489,6 +491,8 @@ def test_readme_metric_list_matches_shared_metrics():
         if isinstance(obj, MetricWrapperBase):
             [desc] = obj.describe()
             defined[desc.name.removeprefix("jobmesh_")] = set(obj._labelnames)
+    defined |= {name.removeprefix("jobmesh_"): set(labels)
+                for name, (_, labels) in metrics.GPU_GAUGES.items()}
     for name, labels in documented:
         base = name.removesuffix("_total")
         assert base in defined, f"README documents {name}, shared/metrics.py lacks it"
