@@ -52,11 +52,12 @@ class JobContext:
         self.store.progress(self.job.id, done, total, message)
 
     def should_stop(self) -> bool:
-        """True once a client asked to cancel; checked at most every 100 ms (one HGET)."""
+        """True once a client asked to cancel, or the job already ended elsewhere (a batch
+        whose completion window passed, a record deleted): work for it would be thrown away.
+        Checked at most every 100 ms (one HGET)."""
         if not self._stop and time.monotonic() - self._last_check > 0.1:
             self._last_check = time.monotonic()
-            self._stop = self.store.state(self.job.id) in (State.CANCELLING, State.CANCELLED,
-                                                           None)
+            self._stop = self.store.state(self.job.id) not in (State.QUEUED, State.RUNNING)
         return self._stop
 
     def check_cancelled(self) -> None:

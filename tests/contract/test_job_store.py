@@ -9,8 +9,10 @@ import time
 import redis
 import redis.asyncio as aioredis
 
+from shared.config import Settings
 from shared.jobs.records import BatchInfo, State
 from shared.jobs.store import JobStore
+from shared.jobs.worker_kit import JobContext
 from shared.jobs.worker_store import WorkerJobStore
 
 
@@ -151,3 +153,21 @@ def test_a_job_whose_task_never_reached_the_broker_fails_after_the_grace(redis_u
     assert failed >= 1 and left == 0  # (earlier tests' undispatched records count too)
     assert orphan.state is State.FAILED and orphan.error["reason"] == "BACKEND_UNAVAILABLE"
     assert queued.state is State.QUEUED and started.state is State.QUEUED
+
+
+def test_work_stops_once_its_job_ended_elsewhere(redis_url):
+    """A chunk still running when its batch expired (FAILED by the janitor) stops at its next
+    check instead of computing lines nobody will read."""
+    async def create():
+        store = await _store(redis_url)
+        job, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q")
+        return job
+
+    job = run(create())
+    w = WorkerJobStore(redis.Redis.from_url(redis_url))
+    assert w.transition(job, State.RUNNING)
+    ctx = JobContext(w.get(job.id), w, Settings(), lambda: None)
+    assert not ctx.should_stop()
+    assert w.transition(w.get(job.id), State.FAILED, {"error": {"code": 4, "reason": "EXPIRED"}})
+    time.sleep(0.15)  # the state is re-read at most every 100 ms
+    assert ctx.should_stop()
