@@ -34,7 +34,7 @@ from shared.jobs import records as r
 from shared.jobs.convert import artifact_pb, job_id_from_name, job_to_pb, ts
 from shared.jobs.records import BatchInfo
 from shared.server.interceptors import current_principal
-from shared.storage.artifacts import ArtifactRef, owned_by, tenant_key
+from shared.storage.artifacts import ArtifactRef, check_key, owned_by, tenant_key
 
 MAX_VIOLATIONS = 100  # field violations in one refusal (the message gives the total)
 
@@ -105,6 +105,7 @@ class BatchServicer(batch_service_pb2_grpc.BatchServiceServicer):
         if which == "inline_manifest":
             return request.inline_manifest, "inline_manifest", None
         ref = request.input_file
+        check_key(ref.key, "input_file.key")
         if ref.bucket != self.settings.artifacts_bucket or not owned_by(tenant, ref.key):
             raise NotFound("input_file: object not found", metadata={"field": "input_file"})
         stat = await asyncio.to_thread(self.gw.artifacts.stat, ref.bucket, ref.key)

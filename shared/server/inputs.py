@@ -9,13 +9,15 @@ import uuid
 
 from shared.errors import InvalidArgument, NotFound
 from shared.jobs.records import ARTIFACT_EXPIRY_KEY, JobRecord
-from shared.storage.artifacts import ArtifactRef, owned_by, tenant_key
+from shared.storage.artifacts import ArtifactRef, check_key, owned_by, tenant_key
 
 
 async def checked_ref(gw, ref: ArtifactRef, tenant: str, field: str) -> ArtifactRef:
     """The caller may only point at its own objects; anything else is NOT_FOUND (no hint that
-    another tenant's object exists). Returns the ref completed from the object's stat."""
+    another tenant's object exists); a key that is not a plain path is INVALID_ARGUMENT on
+    `<field>.key`. Returns the ref completed from the object's stat."""
     settings = gw.settings
+    check_key(ref.key, f"{field}.key")
     if ref.bucket != settings.artifacts_bucket or not owned_by(tenant, ref.key):
         raise NotFound(f"{field}: object not found", metadata={"field": field})
     stat = await asyncio.to_thread(gw.artifacts.stat, ref.bucket, ref.key)

@@ -21,6 +21,9 @@ from minio.error import InvalidResponseError, MinioException, S3Error, ServerErr
 from shared.errors import IntegrityError, InvalidArgument, NotFound, Unavailable
 
 _SAFE_PART = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._=-]{0,200}$")
+# A segment of an object key a client may refer to (the curation data space lets clients name
+# paths, so this is wider than `_SAFE_PART`, which names the parts the mesh builds itself).
+_KEY_SEGMENT = re.compile(r"[A-Za-z0-9._=-]{1,255}")
 SHA_META = "sha256"  # stored as x-amz-meta-sha256
 
 
@@ -48,6 +51,20 @@ def tenant_key(tenant: str, *parts: str) -> str:
         if not _SAFE_PART.fullmatch(p) or ".." in p:
             raise InvalidArgument.for_field("key", f"unsafe path component {p!r}")
     return "/".join(("tenants", tenant, *parts))
+
+
+def check_key(key: str, field: str) -> None:
+    """Refuses, as INVALID_ARGUMENT on `field`, an object key that is not a plain relative path
+    of plain names: `..` or `.` segments, percent-escapes, backslashes, NUL and other control
+    characters, a leading `/` or empty segments. Every key the mesh hands out passes (built by
+    `tenant_key`, or from curation's checked data paths); a client sending anything else is
+    probing, and the object store must never be the one to interpret it."""
+    parts = key.split("/")
+    bad = next((p for p in parts if not _KEY_SEGMENT.fullmatch(p) or p in (".", "..")), None)
+    if not key or bad is not None:
+        raise InvalidArgument.for_field(
+            field, f"is not a plain object key (segment {bad!r}): use the ref CreateUpload "
+                   "returned")
 
 
 def owned_by(tenant: str, key: str) -> bool:
