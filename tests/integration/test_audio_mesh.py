@@ -104,13 +104,67 @@ def test_limits_are_refused_before_any_job(audio):
     assert details(e.value)["violations"][0][0] == "threshold"
 
 
-def test_unknown_tagger_is_refused_by_the_worker(audio):
+@pytest.mark.parametrize("model", ["no-such-tagger", "silero-vad"])
+def test_unknown_tagger_is_refused_by_the_worker(audio, model):
     stub, _ = audio
     with pytest.raises(grpc.RpcError) as e:
-        stub.Tag(pb.TagRequest(audio=SPEECH.read_bytes(), model="panns-cnn14"),
+        stub.Tag(pb.TagRequest(audio=SPEECH.read_bytes(), model=model),
                  metadata=auth(), timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert details(e.value)["violations"][0][0] == "model"
+
+
+def test_a_panns_tagger_registered_by_an_operator_serves_by_name(audio, audio_stack, tmp_path):
+    """The operator's path for PANNs CNN14 (not shipped): register the ONNX and its 527-class
+    map through the admin API, then Tag with `model=` its name. The ONNX is a STAND-IN with
+    CNN14's layer layout, reduced widths and seeded random weights (tests/fixtures/cnn14.py):
+    its scores mean nothing; the labels, windows and 32 kHz path are what is checked."""
+    pytest.importorskip("torch")
+    from shared.client import Client, ClientSettings
+    from shared.client.errors import JobmeshClientError
+    from tests.conftest import ADMIN_KEY
+    from tests.fixtures import cnn14
+    from workers.audio import register_tagger
+
+    onnx = cnn14.export(tmp_path / "cnn14.onnx", waveform=True)
+    labels = cnn14.labels_csv(tmp_path / "class_labels_indices.csv")
+    assert "waveform input at 32000 Hz" in register_tagger.check(onnx, labels)
+    with Client(ClientSettings(endpoint=audio_stack, api_key=TENANT_KEY)) as c:
+        with pytest.raises(JobmeshClientError) as refused:  # registry writes need an admin key
+            register_tagger.register(c, "panns-cnn14", "standin", onnx, labels, serve=True)
+        assert refused.value.code == grpc.StatusCode.PERMISSION_DENIED
+    with Client(ClientSettings(endpoint=audio_stack, api_key=ADMIN_KEY)) as c:
+        model = register_tagger.register(c, "panns-cnn14", "standin", onnx, labels, serve=True)
+    assert model.serving_version == "standin"
+    assert [i["shape"] for i in model_inputs(audio_stack, "panns-cnn14")] == [[-1, -1]]
+
+    stub, _ = audio
+    r = stub.Tag(pb.TagRequest(audio=PHONE.read_bytes(), model="panns-cnn14", top_k=10,
+                               segments=True), metadata=auth(), timeout=60)
+    assert r.model_version == "panns-cnn14@standin" and len(r.top) == 10
+    assert all(c.label == f"Test class {c.index}" and 0 <= c.index < 527 for c in r.top)
+    scores = [c.score for c in r.top]
+    assert scores == sorted(scores, reverse=True) and 0 < scores[-1] <= scores[0] < 1
+    # 2 s windows every 1 s of the 32 kHz signal, the last one zero-padded past the end.
+    seconds = r.info.duration_seconds
+    assert len(r.segments) == max(1, 1 + int(np.ceil(max(0.0, seconds - 2.0))))
+    assert [s.start_seconds for s in r.segments] == [float(i) for i in range(len(r.segments))]
+    assert all(s.end_seconds - s.start_seconds == pytest.approx(2.0) for s in r.segments)
+    assert all(len(s.top) == 3 and s.top[0].label.startswith("Test class ")
+               for s in r.segments)
+    # The default tagger is unchanged.
+    assert stub.Tag(pb.TagRequest(audio=SPEECH.read_bytes()), metadata=auth(),
+                    timeout=60).model_version.startswith("yamnet@")
+
+
+def model_inputs(endpoint: str, name: str) -> list[dict]:
+    """The serving version's input specs, as the registry's manifest records them."""
+    from shared.client import Client, ClientSettings
+
+    with Client(ClientSettings(endpoint=endpoint, api_key=TENANT_KEY)) as c:
+        model = c.get_model(name)
+    serving = next(v for v in model.versions if v.version == model.serving_version)
+    return [{"name": t.name, "shape": list(t.shape)} for t in serving.inputs]
 
 
 def test_submit_tag_of_a_long_uploaded_file_reports_progress(audio, audio_stack):

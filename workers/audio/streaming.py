@@ -1,8 +1,8 @@
 """Block-by-block tagging and speech detection: what lets a worker process an hour of audio
 without holding it decoded (an hour at 16 kHz float32 is 230 MB).
 
-Tagging keeps only the samples its next patch needs: `yamnet.patches` over a buffer starting at
-sample N * PATCH_HOP_SAMPLES gives exactly the whole signal's patches from N on, so after each
+Tagging keeps only the samples its next window needs: a tagger's windows over a buffer starting
+at sample N * hop give exactly the whole signal's windows from N on, so after each
 block the buffer drops every whole hop it has scored. The result equals tagging the whole
 signal at once (tested). The VAD carries silero's recurrent state between blocks and keeps one
 probability per 32 ms window."""
@@ -13,17 +13,20 @@ from collections.abc import Iterable
 
 import numpy as np
 
-from workers.audio import yamnet
 from workers.audio.vad import SileroVad, speech_segments
 
 
 class TagAccumulator:
-    def __init__(self, tagger: yamnet.YamnetTagger, rate: int = yamnet.SAMPLE_RATE):
-        if rate != yamnet.SAMPLE_RATE:
-            raise ValueError(f"YAMNet takes {yamnet.SAMPLE_RATE} Hz audio, not {rate}")
+    """Scores a stream of blocks with a windowed tagger (``YamnetTagger`` or ``PannsTagger``:
+    anything with ``rate``, ``patch_samples``, ``hop_samples``, ``hop_s``, ``labels`` and
+    ``scores(wave, pad_end=)``); the blocks must be at the tagger's ``rate``."""
+
+    def __init__(self, tagger, rate: int | None = None):
+        if rate is not None and rate != tagger.rate:
+            raise ValueError(f"the tagger takes {tagger.rate} Hz audio, not {rate}")
         self.tagger = tagger
         self._buffer = np.zeros(0, np.float32)
-        self._offset = 0  # patches already scored (the buffer starts at offset * hop)
+        self._offset = 0  # windows already scored (the buffer starts at offset * hop)
         self._total = 0  # samples seen
         self._starts: list[np.ndarray] = []
         self._scores: list[np.ndarray] = []
@@ -34,25 +37,24 @@ class TagAccumulator:
         self._score(pad_end=False)
 
     def finish(self) -> tuple[np.ndarray, np.ndarray]:
-        """(patch start times in s [N], probabilities [N, classes]). The tail shorter than a
-        hop is scored zero-padded, as a whole-signal call would, and a clip shorter than one
-        patch still gives one."""
-        tail_pending = self._offset == 0 or len(self._buffer) > (
-            yamnet.PATCH_SAMPLES - yamnet.PATCH_HOP_SAMPLES)
-        if tail_pending:
+        """(window start times in s [N], scores [N, classes]). The tail shorter than a hop is
+        scored zero-padded, as a whole-signal call would, and a clip shorter than one window
+        still gives one."""
+        t = self.tagger
+        if self._offset == 0 or len(self._buffer) > t.patch_samples - t.hop_samples:
             self._score(pad_end=True)
         if not self._scores:
-            return np.zeros(0), np.zeros((0, len(self.tagger.labels)), np.float32)
+            return np.zeros(0), np.zeros((0, len(t.labels)), np.float32)
         return np.concatenate(self._starts), np.concatenate(self._scores)
 
     def _score(self, pad_end: bool) -> None:
         starts, scores = self.tagger.scores(self._buffer, pad_end=pad_end)
         if not len(scores):
             return
-        self._starts.append(starts + self._offset * yamnet.HOP_SECONDS)
+        self._starts.append(starts + self._offset * self.tagger.hop_s)
         self._scores.append(scores)
         self._offset += len(scores)
-        self._buffer = self._buffer[len(scores) * yamnet.PATCH_HOP_SAMPLES:]
+        self._buffer = self._buffer[len(scores) * self.tagger.hop_samples:]
 
 
 def vad_segments(vad: SileroVad, blocks: Iterable[np.ndarray], rate: int, *,

@@ -1,9 +1,10 @@
 """The audio worker's Celery app and tasks (thin: resolve the served models, decode in blocks,
 run the tagger or the VAD, record results).
 
-Input is decoded and resampled to 16 kHz block by block (`decode.iter_blocks`), so a long file
-never sits decoded whole in memory: the tagger keeps only the samples its next window needs,
-the VAD only its recurrent state and one probability per 32 ms."""
+Input is decoded and resampled to the model's rate (16 kHz; 32 kHz for a PANNs tagger) block
+by block (`decode.iter_blocks`), so a long file never sits decoded whole in memory: the tagger
+keeps only the samples its next window needs, the VAD only its recurrent state and one
+probability per 32 ms."""
 
 from __future__ import annotations
 
@@ -29,8 +30,8 @@ from workers.audio.asr import Transcriber
 from workers.audio.decode import AudioError, AudioLimits, iter_blocks, probe
 from workers.audio.models import ASR_NAME, LABELS_FILE, VAD_NAME, VOICE_CONFIG, VOICE_NAME
 from workers.audio.streaming import TagAccumulator, vad_segments
+from workers.audio.taggers import Tagger, load_tagger
 from workers.audio.vad import SileroVad
-from workers.audio.yamnet import YamnetTagger, load_labels
 
 log = logging.getLogger(__name__)
 
@@ -42,7 +43,7 @@ BLOCK_SECONDS = 30.0
 LIMITS = AudioLimits(max_seconds=settings.audio_max_seconds, min_rate=settings.audio_min_rate,
                      max_rate=settings.audio_max_rate)
 _models: ServedModels | None = None
-_taggers: dict[str, tuple[object, YamnetTagger]] = {}
+_taggers: dict[str, tuple[object, Tagger]] = {}
 _vad: tuple[object, SileroVad] | None = None
 _asr: tuple[str, Transcriber] | None = None
 _voice: tuple[object, tts_mod.Synthesizer] | None = None
@@ -56,8 +57,9 @@ def models() -> ServedModels:
     return _models
 
 
-def tagger(name: str) -> tuple[YamnetTagger, str]:
-    """The tagger a registry name serves now (rebuilt when its serving pointer moves)."""
+def tagger(name: str) -> tuple[Tagger, str]:
+    """The tagger a registry name serves now (rebuilt when its serving pointer moves): YAMNet
+    or a PANNs model, told by the graph's input (`workers.audio.taggers`)."""
     try:
         runner = models().get(name)
     except JobmeshError as exc:
@@ -67,8 +69,13 @@ def tagger(name: str) -> tuple[YamnetTagger, str]:
         raise
     cached = _taggers.get(name)
     if cached is None or cached[0] is not runner:
-        labels = load_labels(runner.path.parent / LABELS_FILE)
-        _taggers[name] = (runner, YamnetTagger(runner.path, labels, session=runner.session))
+        try:
+            made = load_tagger(runner.path, runner.path.parent / LABELS_FILE,
+                               session=runner.session)
+        except (OSError, ValueError) as exc:  # e.g. `model=silero-vad`: no class map
+            raise InvalidArgument.for_field("model", f"{runner.name} is not a sound tagger "
+                                            f"({exc})") from exc
+        _taggers[name] = (runner, made)
     return _taggers[name][1], runner.name
 
 
@@ -119,8 +126,8 @@ def _input(ctx: JobContext, request: dict) -> tuple[bytes, str]:
     raise InvalidArgument.for_field("audio", "is required (or audio_ref)")
 
 
-def _blocks(ctx: JobContext, request: dict):
-    """(info dict, 16 kHz mono blocks); progress is seconds decoded of the total."""
+def _blocks(ctx: JobContext, request: dict, rate: int = RATE):
+    """(info dict, mono blocks at `rate`); progress is seconds decoded of the total."""
     data, field = _input(ctx, request)
     try:
         info = probe(data, LIMITS)
@@ -132,10 +139,10 @@ def _blocks(ctx: JobContext, request: dict):
     def gen():
         done = 0.0
         try:
-            for block in iter_blocks(data, RATE, BLOCK_SECONDS, LIMITS):
+            for block in iter_blocks(data, rate, BLOCK_SECONDS, LIMITS):
                 ctx.check_cancelled()
                 yield block
-                done += len(block) / RATE
+                done += len(block) / rate
                 ctx.progress(int(done), int(info.seconds + 0.999), "seconds of audio")
         except AudioError as exc:
             raise InvalidArgument.for_field(field, exc.problem, reason=exc.reason) from exc
@@ -165,8 +172,8 @@ def _metered(stage: str):
 def tag_one(ctx: JobContext, request: dict) -> dict:
     opts = request.get("options", {})
     t, version = tagger(opts.get("model", audio_convert.DEFAULT_TAGGER))
-    meta, blocks = _blocks(ctx, request)
-    acc = TagAccumulator(t, RATE)
+    meta, blocks = _blocks(ctx, request, t.rate)
+    acc = TagAccumulator(t)
     for block in blocks:
         acc.add(block)
     starts, scores = acc.finish()

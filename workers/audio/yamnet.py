@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 
 from workers.audio.qparams import io_qparams
+from workers.audio.sessions import ort_session
 
 SAMPLE_RATE = 16_000
 WINDOW = 400  # 25 ms
@@ -114,11 +115,13 @@ def patches(wave16k: np.ndarray, *, pad_end: bool = True) -> tuple[np.ndarray, n
 
 
 def load_labels(path: str | Path) -> list[str]:
-    """Display names in class order from a YAMNet class map CSV (index, mid, display_name)."""
+    """Display names in class order from an AudioSet class map CSV (index, mid, display_name:
+    YAMNet's ``yamnet_class_map.csv``, PANNs' ``class_labels_indices.csv``)."""
     with open(path, newline="", encoding="utf-8") as f:
         rows = list(csv.DictReader(f))
     if not rows or {"index", "display_name"} - set(rows[0]):
-        raise ValueError(f"{path}: not a YAMNet class map (columns index, mid, display_name)")
+        raise ValueError(f"{path}: not an AudioSet class map (columns index, mid, "
+                         "display_name)")
     if [int(r["index"]) for r in rows] != list(range(len(rows))):
         raise ValueError(f"{path}: class indices are not 0..{len(rows) - 1} in order")
     return [r["display_name"] for r in rows]
@@ -170,20 +173,16 @@ class YamnetTagger:
     The model takes one patch per call (its batch is fixed at 1).
     """
 
+    rate = SAMPLE_RATE
+    patch_samples = PATCH_SAMPLES
+    hop_samples = PATCH_HOP_SAMPLES
     patch_s = PATCH_SECONDS
     hop_s = HOP_SECONDS
 
     def __init__(self, model_path: str | Path, labels: list[str],
                  providers: list[str] | None = None, *, session=None, threads: int = 1):
-        if session is None:
-            import onnxruntime as ort
-
-            opts = ort.SessionOptions()
-            # One patch is ~0.7 ms of work on this CPU: a second thread made it 2x slower.
-            opts.intra_op_num_threads = threads
-            session = ort.InferenceSession(str(model_path), sess_options=opts,
-                                           providers=providers or ["CPUExecutionProvider"])
-        self.session = session
+        # One patch is ~0.7 ms of work on this CPU: a second thread made it 2x slower.
+        self.session = session = session or ort_session(model_path, providers, threads)
         inp, out = session.get_inputs()[0], session.get_outputs()[0]
         if list(inp.shape)[-2:] != [PATCH_FRAMES, MEL_BANDS]:
             raise ValueError(f"{model_path}: input {inp.shape} is not [.., 96, 64] log-mel")
