@@ -19,11 +19,14 @@ from shared.client.settings import ClientSettings, ConfigError
 
 
 def check(address: str, service: str = "", timeout: float = 2.0,
-          credentials: grpc.ChannelCredentials | None = None) -> str:
+          credentials: grpc.ChannelCredentials | None = None, server_name: str = "") -> str:
     """The status name (SERVING, NOT_SERVING, SERVICE_UNKNOWN) or UNREACHABLE (which includes
-    a failed TLS handshake). Plaintext unless `credentials` are given."""
+    a failed TLS handshake). Plaintext unless `credentials` are given; `server_name` is the
+    name the gateway's certificate must carry when `address` is not it (a pod probing itself
+    on 127.0.0.1)."""
+    options = [("grpc.ssl_target_name_override", server_name)] if server_name else []
     channel = (grpc.insecure_channel(address) if credentials is None
-               else grpc.secure_channel(address, credentials))
+               else grpc.secure_channel(address, credentials, options=options))
     with channel:
         try:
             resp = health_pb2_grpc.HealthStub(channel).Check(
@@ -36,16 +39,17 @@ def check(address: str, service: str = "", timeout: float = 2.0,
 
 
 def wait_serving(address: str, service: str = "", timeout: float = 60.0,
-                 credentials: grpc.ChannelCredentials | None = None) -> bool:
+                 credentials: grpc.ChannelCredentials | None = None,
+                 server_name: str = "") -> bool:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        if check(address, service, timeout=1.0, credentials=credentials) == "SERVING":
+        if check(address, service, 1.0, credentials, server_name) == "SERVING":
             return True
         time.sleep(0.2)
     return False
 
 
-def main(argv: list[str] | None = None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m shared.server.healthcheck",
                                      description="Exit 0 when the gRPC service is SERVING.")
     parser.add_argument("address", help="HOST:PORT of a gateway")
@@ -57,7 +61,14 @@ def main(argv: list[str] | None = None) -> int:
                         "certificate (default JOBMESH_TLS_CA_FILE; implies TLS)")
     parser.add_argument("--tls-cert-file", metavar="PEM", help="client certificate (mTLS)")
     parser.add_argument("--tls-key-file", metavar="PEM", help="the client certificate's key")
-    args = parser.parse_args(argv)
+    parser.add_argument("--tls-server-name", metavar="NAME", default="",
+                        help="name to verify in the gateway's certificate (default: the host "
+                             "of ADDRESS)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     try:
         credentials = channel_credentials(ClientSettings.resolve(
             args.address, tls=args.tls, tls_ca_file=args.tls_ca_file,
@@ -65,11 +76,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    name = args.tls_server_name
     if args.wait:
-        ok = wait_serving(args.address, args.service, args.wait, credentials)
-        print("SERVING" if ok else check(args.address, args.service, credentials=credentials))
+        ok = wait_serving(args.address, args.service, args.wait, credentials, name)
+        print("SERVING" if ok else check(args.address, args.service, 2.0, credentials, name))
         return 0 if ok else 1
-    status = check(args.address, args.service, credentials=credentials)
+    status = check(args.address, args.service, 2.0, credentials, name)
     print(status)
     return 0 if status == "SERVING" else 1
 

@@ -197,6 +197,11 @@ def test_grpc_health_over_tls(tls_gateway, pki):
     assert healthcheck.check(tls_gateway, JOBS) == "UNREACHABLE"  # plaintext probe
     assert healthcheck.main([tls_gateway, "--service", JOBS, "--tls-ca-file", str(pki.ca)]) == 0
     assert healthcheck.main([tls_gateway, "--service", JOBS]) == 1
+    # A pod probes itself on 127.0.0.1 and names the certificate's host (as the Helm chart does).
+    assert healthcheck.check(tls_gateway, JOBS, credentials=creds,
+                             server_name="localhost") == "SERVING"
+    assert healthcheck.check(tls_gateway, JOBS, credentials=creds,
+                             server_name="gateway.example") == "UNREACHABLE"
 
 
 def test_the_cli_speaks_tls(tls_gateway, pki, monkeypatch, capsys):

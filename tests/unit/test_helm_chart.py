@@ -601,6 +601,45 @@ def test_a_new_domain_is_one_values_entry(helm):
     assert check_scaled_objects(docs) == []
 
 
+def test_gateway_tls_mounts_the_secret_and_probes_over_tls(helm, kubernetes_validate):
+    from shared.server.healthcheck import build_parser
+
+    tls = {"enabled": True, "secretName": "gw-tls", "serverName": "gateway.mesh.example",
+           "clientAuth": True}
+    docs = render(helm, {"gatewayDefaults": {"tls": tls},
+                         "gateways": {"audio": {"tls": {"clientAuth": False}}}})
+    for doc in docs:
+        if doc["apiVersion"] != KEDA_API:
+            kubernetes_validate.validate(doc, min_kube_version(), strict=True)
+    for name, domain in gateways(docs).items():
+        dep = by_kind(docs, "Deployment")[name]
+        c, env, mtls = container(dep), env_of(dep), domain != "audio"
+        files = {k: v["value"] for k, v in env.items() if k.startswith("JOBMESH_TLS_")}
+        assert files["JOBMESH_TLS_CERT_FILE"] == "/etc/jobmesh-tls/tls.crt"
+        assert files["JOBMESH_TLS_KEY_FILE"] == "/etc/jobmesh-tls/tls.key"
+        assert ("JOBMESH_TLS_CLIENT_CA_FILE" in files) is mtls
+        Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in files.items()})
+        mount = {m["mountPath"]: m for m in c["volumeMounts"]}["/etc/jobmesh-tls"]
+        assert mount["readOnly"] is True
+        volumes = {v["name"]: v for v in dep["spec"]["template"]["spec"]["volumes"]}
+        assert volumes[mount["name"]]["secret"]["secretName"] == "gw-tls"
+        for probe in ("startupProbe", "readinessProbe", "livenessProbe"):
+            # Kubernetes' gRPC probe cannot do TLS: the shared probe runs in the pod instead.
+            assert "grpc" not in c[probe], (name, probe)
+            cmd = c[probe]["exec"]["command"]
+            assert cmd[:3] == ["python", "-m", "shared.server.healthcheck"]
+            args = build_parser().parse_args(cmd[3:])  # flags the probe really has
+            assert args.address == f"127.0.0.1:{DOMAIN_PORTS[domain]}"
+            assert (args.service, args.tls_server_name) == (JOB_SERVICE, tls["serverName"])
+            assert args.tls_ca_file == "/etc/jobmesh-tls/ca.crt"
+            assert (args.tls_cert_file == files["JOBMESH_TLS_CERT_FILE"]) is mtls
+    for missing in ("secretName", "serverName"):
+        with pytest.raises(helm.HelmError, match=f"tls.{missing} is required"):
+            render(helm, {"gatewayDefaults": {"tls": {**tls, missing: ""}}})
+    with pytest.raises(helm.HelmError, match="clientAuthh"):
+        render(helm, {"gatewayDefaults": {"tls": {"clientAuthh": True}}})
+
+
 @pytest.mark.parametrize("values, reason", [
     ({"s3": {"endpoint": "http://minio:9000"}}, "s3/endpoint"),
     ({"redis": {"url": "redis://:hunter2@redis:6379/0"}}, "redis/url"),
