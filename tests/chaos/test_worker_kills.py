@@ -30,7 +30,7 @@ from tests.integration.helpers import render
 
 pytestmark = pytest.mark.chaos
 
-KILL_FOR_S = float(os.environ.get("JOBMESH_CHAOS_KILL_FOR_S", "30"))  # `make chaos` may lengthen
+KILL_FOR_S = float(os.environ.get("CHAOS_KILL_FOR_S", "30"))  # `make chaos`: 120
 KILL_EVERY_S = (3.0, 5.0)  # a kill lands a random 3-5 s after the previous one
 PACE_S = 0.3  # one SubmitRecognize every 0.3 s
 CALL_DEADLINE_S = 5.0
