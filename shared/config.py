@@ -67,6 +67,8 @@ class Settings(BaseSettings):
     audio_max_seconds: float = Field(default=4 * 3600.0, gt=0)
     audio_min_rate: int = Field(default=4000, ge=1000)
     audio_max_rate: int = Field(default=384_000, ge=8000)
+    # A SubmitTranscribe job longer than this runs as one task per chunk, cut in silence.
+    audio_chunk_seconds: float = Field(default=600.0, ge=1)
 
     # Cross-request batching of sync calls at the gateway (1 = off).
     coalesce_max_batch: int = Field(default=8, ge=1, le=256)

@@ -141,7 +141,8 @@ def audio_stack(stack):
 
     prepare(Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()}))
     port = free_port()
-    stack.start_worker("audio")
+    # Short chunks, so a SubmitTranscribe of a few seconds fans out over several tasks.
+    stack.start_worker("audio", extra_env={"JOBMESH_AUDIO_CHUNK_SECONDS": "4"})
     stack.start_gateway("audio", port)
     stack.wait_consumers("audio.cpu", timeout=120)
     return f"127.0.0.1:{port}"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 from pathlib import Path
 
 import grpc
@@ -223,6 +224,43 @@ def test_transcribe_a_voice_clip_with_word_times(audio):
     # The speech sits after 2 s of silence: VAD pre-segmentation maps times back to the file.
     assert 1.9 < words[0].start_seconds and words[-1].end_seconds < 2.0 + len(wave) / rate + 0.3
     assert [w.start_seconds for w in words] == sorted(w.start_seconds for w in words)
+
+
+def test_a_long_transcription_runs_in_chunks_cut_in_silence(audio):
+    """The test worker cuts SubmitTranscribe jobs into chunks of at most 4 s
+    (JOBMESH_AUDIO_CHUNK_SECONDS): four voice clips with 1.5 s pauses (~13 s) run as several
+    chunk tasks whose transcripts join in order, word times in the recording's seconds."""
+    stub, jobs = audio
+    clips = ["Front_Center", "Front_Left", "Front_Right", "Side_Left"]
+    pause = np.zeros(int(1.5 * 48000), np.float32)
+    parts, starts = [pause], []
+    for name in clips:
+        wave, rate = sf.read(str(SOUNDS / "alsa" / f"{name}.wav"), dtype="float32")
+        starts.append(sum(len(p) for p in parts) / rate)
+        parts += [wave, pause]
+    recording = np.concatenate(parts)
+    job = stub.SubmitTranscribe(pb.SubmitTranscribeRequest(
+        request_id="chunked-asr", request=pb.TranscribeRequest(audio=wav(recording, 48000))),
+        metadata=auth(), timeout=60).job
+    done = jobs.WaitJob(jobs_pb.WaitJobRequest(name=job.name), metadata=auth(), timeout=120).job
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    seconds = len(recording) / 48000
+    assert (done.progress.done, done.progress.total) == (int(seconds), int(seconds + 0.999))
+    chunks = re.search(r"\((\d+) of (\d+) chunks\)", done.progress.message)
+    assert chunks and chunks[1] == chunks[2] and int(chunks[1]) >= 3, done.progress.message
+    r = pb.TranscribeResponse()
+    done.result.response.Unpack(r)
+    text = r.text.lower()
+    for word in ("front", "center", "left", "right", "side"):
+        assert word in text, text
+    assert text.index("center") < text.index("right") < text.index("side"), text
+    words = [w for s in r.segments for w in s.words]
+    assert [w.start_seconds for w in words] == sorted(w.start_seconds for w in words)
+    # Every clip's words lie within that clip, in the recording's seconds.
+    side = next(w for w in words if "side" in w.word.lower())
+    assert starts[3] - 0.3 < side.start_seconds < starts[3] + 1.5
+    assert r.info.duration_seconds == pytest.approx(seconds)
+    assert r.model_version.startswith("whisper-tiny-en@")
 
 
 def test_synthesize_then_transcribe_round_trip(audio):

@@ -127,6 +127,23 @@ def test_block_boundaries_leave_no_trace():
     assert np.abs(joined[500:-500] - expected[500:-500]).max() < 1e-3
 
 
+@pytest.mark.parametrize("fmt, subtype", [("WAV", "FLOAT"), ("FLAC", "PCM_24"),
+                                           ("OGG", "VORBIS")])
+def test_a_stretch_decodes_as_that_part_of_the_whole(fmt, subtype):
+    """start_s/end_s (a chunk of a long file): seeking formats and dropping ones give the
+    whole file's samples for that stretch, edges aside (resampled on their own)."""
+    rng = np.random.default_rng(4)
+    tone = sine(997, 44100, 4.0, amp=0.3) + 0.01 * rng.standard_normal(4 * 44100).astype(
+        np.float32)
+    data = encode(tone, 44100, fmt, subtype)
+    whole = decode(data, 16000)
+    part = np.concatenate(list(iter_blocks(data, 16000, 0.5, start_s=1.25, end_s=3.0)))
+    assert len(part) == pytest.approx(1.75 * 16000, abs=2)
+    tol = 1e-5 if fmt != "OGG" else 1e-3
+    np.testing.assert_allclose(part[200:-200], whole[20000 + 200:48000 - 200], atol=tol)
+    assert sum(len(b) for b in iter_blocks(data, 16000, start_s=5.0)) == 0  # past the end
+
+
 @pytest.mark.parametrize("source", [8000, 11025, 22050, 44100, 48000, 96000, 384000, 44099])
 def test_streaming_resampler_matches_one_shot(source):
     rng = np.random.default_rng(source)

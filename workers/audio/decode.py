@@ -25,6 +25,7 @@ from workers.audio.resample import Resampler
 FORMATS = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC", "OGG", "MP3"})
 _FORMATS_TEXT = "WAV, AIFF, FLAC, Ogg Vorbis/Opus or MP3"
 _READ_SAMPLES = 1 << 18  # samples (frames x channels) per read: 1 MB of float32
+_SEEKABLE = frozenset({"WAV", "WAVEX", "RF64", "W64", "AIFF", "FLAC"})  # sample-exact seeks
 
 
 class AudioError(ValueError):
@@ -84,19 +85,27 @@ def probe(data: bytes, limits: AudioLimits = AudioLimits()) -> AudioInfo:
 
 
 def iter_blocks(data: bytes, target_rate: int, block_seconds: float = 30.0,
-                limits: AudioLimits = AudioLimits()) -> Iterator[np.ndarray]:
+                limits: AudioLimits = AudioLimits(), *, start_s: float = 0.0,
+                end_s: float | None = None) -> Iterator[np.ndarray]:
     """Float32 mono blocks at ``target_rate``: each ``block_seconds`` long except the last.
 
     The header is checked before this returns (so bad input raises here, not at the first
     ``next``); decoding errors and files whose decoded length exceeds the limit (a header can
     lie) raise AudioError while iterating. Together the blocks hold
     ``ceil(decoded_frames * target_rate / sample_rate)`` samples.
+
+    ``start_s``/``end_s`` decode only that stretch (a chunk of a long file): PCM and FLAC
+    files seek to it; other formats are decoded from the start and the frames before it
+    dropped before resampling. The stretch is resampled on its own (its edges see silence
+    outside it), so cut it where the signal is quiet.
     """
     if block_seconds <= 0:
         raise ValueError("block_seconds must be positive")
     info = probe(data, limits)
+    first = max(0, round(start_s * info.sample_rate))
+    last = None if end_s is None else round(end_s * info.sample_rate)
     return _blocks(data, info, int(target_rate), max(1, round(block_seconds * target_rate)),
-                   limits)
+                   limits, (first, last))
 
 
 def decode(data: bytes, target_rate: int, limits: AudioLimits = AudioLimits()) -> np.ndarray:
@@ -105,15 +114,19 @@ def decode(data: bytes, target_rate: int, limits: AudioLimits = AudioLimits()) -
 
 
 def _blocks(data: bytes, info: AudioInfo, target_rate: int, block_len: int,
-            limits: AudioLimits) -> Iterator[np.ndarray]:
+            limits: AudioLimits, span: tuple[int, int | None] = (0, None)
+            ) -> Iterator[np.ndarray]:
     resampler = Resampler(info.sample_rate, target_rate)
     max_frames = int(limits.max_seconds * info.sample_rate)
     read_frames = max(1024, _READ_SAMPLES // info.channels)
+    first, last = span
     pending: list[np.ndarray] = []
     pending_len = 0
     decoded = 0
     with _open(data) as f:
-        while True:
+        if first and info.format.upper() in _SEEKABLE and f.seekable():
+            decoded = f.seek(min(first, info.frames))  # past the end is an error
+        while last is None or decoded < last:
             try:
                 frames = f.read(read_frames, dtype="float32", always_2d=True)
             except (sf.SoundFileError, RuntimeError, ValueError) as exc:
@@ -121,13 +134,17 @@ def _blocks(data: bytes, info: AudioInfo, target_rate: int, block_len: int,
                                  reason="UNDECODABLE_INPUT") from exc
             if len(frames) == 0:
                 break
+            at = decoded
             decoded += len(frames)
             if decoded > max_frames:
                 raise AudioError(f"is longer than the limit of {limits.max_seconds:g} s",
                                  reason="INPUT_TOO_LARGE")
+            frames = frames[max(0, first - at):len(frames) if last is None else last - at]
+            if len(frames) == 0:
+                continue
             if not np.isfinite(frames).all():  # float files can hold NaN/inf (tests/fuzz)
-                raise AudioError("has NaN or infinite samples (after frame "
-                                 f"{decoded - len(frames)})", reason="UNDECODABLE_INPUT")
+                raise AudioError(f"has NaN or infinite samples (in frames {at}..{decoded})",
+                                 reason="UNDECODABLE_INPUT")
             mono = frames[:, 0] if info.channels == 1 else frames.mean(axis=1)
             out = resampler.push(mono)
             pending.append(out)

@@ -27,7 +27,8 @@ from shared.models.serving import ServedModels
 from shared.storage.artifacts import ArtifactRef
 from workers.audio import tts as tts_mod
 from workers.audio.asr import Transcriber
-from workers.audio.decode import AudioError, AudioLimits, iter_blocks, probe
+from workers.audio.decode import AudioError, AudioInfo, AudioLimits, iter_blocks, probe
+from workers.audio.long_transcribe import ChunkedTranscription
 from workers.audio.models import ASR_NAME, LABELS_FILE, VAD_NAME, VOICE_CONFIG, VOICE_NAME
 from workers.audio.streaming import TagAccumulator, vad_segments
 from workers.audio.taggers import Tagger, load_tagger
@@ -106,6 +107,9 @@ def voice() -> tuple[tts_mod.Synthesizer, str]:
     return _voice[1], runner.name
 
 
+chunked = ChunkedTranscription(kit, LIMITS, transcriber=transcriber, vad=vad)
+
+
 @signals.worker_process_init.connect
 def _warm_up(**_) -> None:
     try:
@@ -126,15 +130,22 @@ def _input(ctx: JobContext, request: dict) -> tuple[bytes, str]:
     raise InvalidArgument.for_field("audio", "is required (or audio_ref)")
 
 
-def _blocks(ctx: JobContext, request: dict, rate: int = RATE):
-    """(info dict, mono blocks at `rate`); progress is seconds decoded of the total."""
-    data, field = _input(ctx, request)
+def _probe(data: bytes, field: str) -> tuple[AudioInfo, dict]:
+    """The header's facts, and the info dict results carry."""
     try:
         info = probe(data, LIMITS)
     except AudioError as exc:
         raise InvalidArgument.for_field(field, exc.problem, reason=exc.reason) from exc
-    meta = {"sample_rate": info.sample_rate, "channels": info.channels,
-            "seconds": info.seconds, "format": info.format.upper()}
+    return info, {"sample_rate": info.sample_rate, "channels": info.channels,
+                  "seconds": info.seconds, "format": info.format.upper()}
+
+
+def _blocks(ctx: JobContext, request: dict, rate: int = RATE,
+            source: tuple[bytes, str] | None = None):
+    """(info dict, mono blocks at `rate`); progress is seconds decoded of the total.
+    `source`: the input's (bytes, field) when already read."""
+    data, field = source or _input(ctx, request)
+    info, meta = _probe(data, field)
 
     def gen():
         done = 0.0
@@ -157,11 +168,12 @@ def _metered(stage: str):
 
     def wrap(fn):
         @functools.wraps(fn)
-        def run(ctx: JobContext, request: dict) -> dict:
+        def run(ctx: JobContext, request: dict, *args) -> dict:
             t0 = time.perf_counter()
-            out = fn(ctx, request)
-            metrics.COMPUTE_DURATION.labels(model=out.get("model_version", stage),
-                                            stage=stage).observe(time.perf_counter() - t0)
+            out = fn(ctx, request, *args)
+            if isinstance(out, dict):  # not a job handed on to chunk tasks (DEFERRED)
+                metrics.COMPUTE_DURATION.labels(model=out.get("model_version", stage),
+                                                stage=stage).observe(time.perf_counter() - t0)
             return out
         return run
 
@@ -200,13 +212,15 @@ def detect_speech_one(ctx: JobContext, request: dict) -> dict:
 
 
 @_metered("transcribe")
-def transcribe_one(ctx: JobContext, request: dict) -> dict:
+def transcribe_one(ctx: JobContext, request: dict,
+                   source: tuple[bytes, str] | None = None) -> dict:
     """VAD first (streamed), then Whisper over the speech only: silence costs nothing and gets
-    no invented words. Whisper needs the samples in memory; the limit on input length bounds
-    that (an hour at 16 kHz is 230 MB)."""
+    no invented words. Whisper needs the samples in memory: sync calls and batch lines hold
+    the whole file (bounded by the input limit; an hour at 16 kHz is 230 MB), a SubmitTranscribe
+    job only one chunk (`transcribe_job`)."""
     opts = request.get("options", {})
     t, version = transcriber()
-    meta, blocks = _blocks(ctx, request)
+    meta, blocks = _blocks(ctx, request, source=source)
     wave = np.concatenate(list(blocks)) if meta["seconds"] else np.zeros(0, np.float32)
     segments = None
     if opts.get("vad", True):
@@ -220,6 +234,16 @@ def transcribe_one(ctx: JobContext, request: dict) -> dict:
     except AudioError as exc:
         raise InvalidArgument.for_field(exc.field, exc.problem, reason=exc.reason) from exc
     return {**out, "info": meta, "model_version": version}
+
+
+def transcribe_job(ctx: JobContext, request: dict):
+    """SubmitTranscribe: a file up to JOBMESH_AUDIO_CHUNK_SECONDS runs here; a longer one runs
+    as one task per chunk cut in silence (`long_transcribe`), and this returns DEFERRED."""
+    data, field = _input(ctx, request)
+    info, meta = _probe(data, field)
+    if info.seconds <= settings.audio_chunk_seconds:
+        return transcribe_one(ctx, request, (data, field))
+    return chunked.start(ctx, request, data, field, info, meta)
 
 
 @_metered("synthesize")
@@ -262,16 +286,17 @@ def _each(fn):
 
 # Each method: a single-job task (Submit* jobs) and a batch task (coalesced sync calls and
 # CreateBatch lines, whose output lines are the method's response as proto-JSON).
-for _one, _task, _batch_task, _response in (
-        (tag_one, audio_convert.TAG_TASK, audio_convert.TAG_BATCH_TASK,
+# A SubmitTranscribe job may fan out; sync calls and batch lines run whole.
+for _job, _one, _task, _batch_task, _response in (
+        (tag_one, tag_one, audio_convert.TAG_TASK, audio_convert.TAG_BATCH_TASK,
          audio_convert.tag_response),
-        (detect_speech_one, audio_convert.VAD_TASK, audio_convert.VAD_BATCH_TASK,
-         audio_convert.vad_response),
-        (transcribe_one, audio_convert.ASR_TASK, audio_convert.ASR_BATCH_TASK,
+        (detect_speech_one, detect_speech_one, audio_convert.VAD_TASK,
+         audio_convert.VAD_BATCH_TASK, audio_convert.vad_response),
+        (transcribe_job, transcribe_one, audio_convert.ASR_TASK, audio_convert.ASR_BATCH_TASK,
          audio_convert.asr_response),
-        (synthesize_one, audio_convert.TTS_TASK, audio_convert.TTS_BATCH_TASK,
+        (synthesize_one, synthesize_one, audio_convert.TTS_TASK, audio_convert.TTS_BATCH_TASK,
          audio_convert.tts_response)):
-    kit.task(_task)(_one)
+    kit.task(_task)(_job)
     kit.batch_task(_batch_task, response=_response)(_each(_one))
 
 
