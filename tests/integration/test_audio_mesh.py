@@ -7,6 +7,7 @@ from __future__ import annotations
 import io
 import json
 import re
+import time
 from pathlib import Path
 
 import grpc
@@ -310,3 +311,47 @@ def test_cli_synthesize_and_transcribe(audio_stack, audio, tmp_path):
     # ("shipped" -> "shit" in one run): the bound allows two misses in four words; a broken
     # pipeline scores near 1.
     assert word_error_rate("Your order has shipped.", " ".join(words)) <= 0.5, words
+
+
+def test_a_chunked_transcription_resumes_after_kill_9(audio, stack):
+    """Kill -9 the worker once some chunks are stored: after a restart, only the chunks not
+    stored run again (the one in flight is redelivered), and the transcript is whole. Last in
+    the module: it restarts the audio worker."""
+    import redis
+
+    from shared.jobs.records import chunk_deliveries_key
+
+    stub, jobs = audio
+    clips = ["Front_Center", "Front_Left", "Front_Right", "Side_Left", "Side_Right",
+             "Rear_Left", "Front_Center", "Front_Left"]
+    pause = np.zeros(48000, np.float32)
+    recording = np.concatenate([pause] + [np.concatenate([sf.read(
+        str(SOUNDS / "alsa" / f"{n}.wav"), dtype="float32")[0], pause]) for n in clips])
+    job = stub.SubmitTranscribe(pb.SubmitTranscribeRequest(
+        request_id="chunked-asr-kill", request=pb.TranscribeRequest(
+            audio=wav(recording, 48000))), metadata=auth(), timeout=60).job
+    stored = None
+    for _ in range(600):
+        seen = jobs.GetJob(jobs_pb.GetJobRequest(name=job.name), metadata=auth(),
+                           timeout=10).job
+        found = re.search(r"\((\d+) of (\d+) chunks\)", seen.progress.message)
+        if found and int(found[1]) >= 2:
+            stored, total = int(found[1]), int(found[2])
+            break
+        time.sleep(0.05)
+    assert stored is not None and stored < total, "the job finished before the kill"
+    stack.kill("worker-audio")
+    stack.start_worker("audio", extra_env={"JOBMESH_AUDIO_CHUNK_SECONDS": "4"})
+    done = jobs.WaitJob(jobs_pb.WaitJobRequest(name=job.name), metadata=auth(), timeout=120).job
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    deliveries = {int(k): int(v) for k, v in redis.Redis.from_url(
+        stack.env["JOBMESH_REDIS_URL"]).hgetall(
+        chunk_deliveries_key(job.name.split("/", 1)[1])).items()}
+    assert sorted(deliveries) == list(range(total))
+    # At most the chunk in flight at the kill ran twice; stored chunks never ran again.
+    assert sum(deliveries.values()) <= total + 1, deliveries
+    r = pb.TranscribeResponse()
+    done.result.response.Unpack(r)
+    assert r.text.lower().count("front") >= 4, r.text
+    words = [w for s in r.segments for w in s.words]
+    assert [w.start_seconds for w in words] == sorted(w.start_seconds for w in words)
