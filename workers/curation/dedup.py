@@ -16,6 +16,7 @@ from __future__ import annotations
 import hashlib
 import re
 import unicodedata
+from collections import Counter
 from collections.abc import Iterable
 
 import numpy as np
@@ -90,28 +91,44 @@ def near_duplicate_groups(sigs_by_doc: dict[str, bytes | np.ndarray], threshold:
 
     lsh = MinHashLSH(threshold=threshold, num_perm=num_perm,
                      weights=(1 - false_negative_weight, false_negative_weight))
-    parent: dict[str, str] = {}
+    sets = UnionFind()
+    arrays: dict[str, np.ndarray] = {}
+    for doc_id in sorted(sigs_by_doc):
+        arr = _as_array(sigs_by_doc[doc_id], num_perm, doc_id)
+        arrays[doc_id] = arr
+        sets.add(doc_id)
+        minhash = LeanMinHash(seed=1, hashvalues=arr, scheme=SCHEME)
+        for other in lsh.query(minhash):
+            if np.count_nonzero(arrays[other] == arr) / num_perm >= threshold:
+                sets.union(doc_id, other)
+        lsh.insert(doc_id, minhash)
+    return sets.groups()
 
-    def root(x: str) -> str:
+
+class UnionFind:
+    """Disjoint sets of comparable items (path halving); the root of a set is its smallest
+    item, so "keep the root" keeps the smallest id whatever order the pairs came in."""
+
+    def __init__(self, items: Iterable = ()):
+        self.parent = {x: x for x in items}
+
+    def add(self, x) -> None:
+        self.parent.setdefault(x, x)
+
+    def root(self, x):
+        parent = self.parent
         while parent[x] != x:
             parent[x] = parent[parent[x]]
             x = parent[x]
         return x
 
-    arrays: dict[str, np.ndarray] = {}
-    for doc_id in sorted(sigs_by_doc):
-        arr = _as_array(sigs_by_doc[doc_id], num_perm, doc_id)
-        arrays[doc_id] = arr
-        parent[doc_id] = doc_id
-        minhash = LeanMinHash(seed=1, hashvalues=arr, scheme=SCHEME)
-        for other in lsh.query(minhash):
-            if np.count_nonzero(arrays[other] == arr) / num_perm >= threshold:
-                a, b = root(doc_id), root(other)
-                if a != b:
-                    parent[max(a, b)] = min(a, b)  # the smaller id stays the root
-        lsh.insert(doc_id, minhash)
-    groups = {doc_id: root(doc_id) for doc_id in parent}
-    sizes: dict[str, int] = {}
-    for kept in groups.values():
-        sizes[kept] = sizes.get(kept, 0) + 1
-    return {doc_id: kept for doc_id, kept in groups.items() if sizes[kept] > 1}
+    def union(self, a, b) -> None:
+        ra, rb = self.root(a), self.root(b)
+        if ra != rb:
+            self.parent[max(ra, rb)] = min(ra, rb)
+
+    def groups(self) -> dict:
+        """item -> its set's root, for every item in a set of two or more."""
+        roots = {x: self.root(x) for x in self.parent}
+        sizes = Counter(roots.values())
+        return {x: r for x, r in roots.items() if sizes[r] > 1}

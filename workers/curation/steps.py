@@ -15,7 +15,7 @@ datatrove 0.10.1's constructors (a unit test keeps them equal). New steps regist
 from __future__ import annotations
 
 import re
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
@@ -205,6 +205,56 @@ class MinhashDedupStep(StepSpec):
     num_perm: int = Field(128, ge=16, le=1024)
     shingle: int = Field(5, ge=1, le=32)
     seed: int = Field(1, ge=0)
+
+
+@register
+class EmbedDedupStep(StepSpec):
+    """Keep one document per cluster of near-duplicates by meaning: all-MiniLM-L6-v2 sentence
+    embeddings (the registry's `all-minilm-l6-v2`, ONNX) of each document's first `max_chars`
+    characters; pairs with cosine similarity >= threshold join, transitively; the smallest id is
+    kept. Every pair across all shards is compared (embed_dedup.py): up to ~100k documents."""
+
+    step: ClassVar[str] = "embed_dedup"
+    kind: ClassVar[str] = "dedup"
+    threshold: float = Field(0.9, gt=0, le=1)
+    max_chars: int = Field(2000, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=512)
+
+
+# workers.curation.loghub.SYSTEMS' names (a unit test keeps them equal).
+LogSystem = Literal["HDFS", "Hadoop", "BGL", "HPC", "Thunderbird", "Windows", "Linux",
+                    "Android", "HealthApp", "Proxifier", "OpenStack", "Mac"]
+
+
+@register
+class DrainTemplatesStep(StepSpec):
+    """Log datasets, one record per document: Drain (drain3) mines each record's template in
+    one pass over all shards, so templates agree across shards; every kept document gets
+    metadata `template`, `template_id` and `parameters`, and the report lists the templates with
+    their counts. `system` applies a Loghub system's settings (header format: only the message is
+    mined; masks, similarity, depth); `similarity`, `depth` and `masks` (regexes replaced by
+    `<*>`) override them. With `dedup_by_template`, the first `keep_per_template` records of each
+    template are kept and the rest removed."""
+
+    step: ClassVar[str] = "drain_templates"
+    kind: ClassVar[str] = "dedup"
+    system: LogSystem | None = None
+    strip_header: bool = True
+    similarity: float | None = Field(None, ge=0, le=1)
+    depth: int | None = Field(None, ge=3, le=16)
+    masks: list[str] | None = None
+    dedup_by_template: bool = False
+    keep_per_template: int = Field(1, ge=1)
+
+    @field_validator("masks")
+    @classmethod
+    def _regexes(cls, value: list[str] | None) -> list[str] | None:
+        for n, mask in enumerate(value or []):
+            try:
+                re.compile(mask)
+            except re.error as exc:
+                raise ValueError(f"masks[{n}] {mask!r} is not a regex: {exc}") from None
+        return value
 
 
 def _path(prefix: str, loc: tuple) -> str:
