@@ -13,6 +13,9 @@
    time for Tag, DetectSpeech and Transcribe on a 60 s recording built from the clips (and
    seconds of speech produced per second for Synthesize), through gRPC → Celery → worker and
    with the same models called in this process (ratio).
+6. **Input paths**: a sync Tag of that recording sent inline, uploaded then referenced, by a
+   reference uploaded beforehand, and a 0.5 s clip (the fixed cost of a call). `--inputs-only`
+   runs just this and prints it.
 
 Writes `bench/results/audio.md` and `.json`."""
 
@@ -222,6 +225,48 @@ def rtf(client, data: bytes, seconds: float, repeats: int) -> dict:
     return out
 
 
+def _stage_bytes() -> str:
+    from shared.config import Settings
+
+    n = Settings().inline_stage_bytes
+    return f"{n:,} bytes" if n else "0: off"
+
+
+def input_paths(client, data: bytes, repeats: int) -> dict:
+    """Where a sync Tag's time goes for a large inline input: the same file sent inline (base64
+    in the Celery message through Redis), uploaded to S3 then sent as a reference (the upload
+    timed with the call), by a reference uploaded beforehand, and a 0.5 s clip inline (the
+    fixed cost of a call). Medians of `repeats`, interleaved."""
+    from jobmesh.audio.v1 import audio_service_pb2 as pb
+    from jobmesh.audio.v1 import audio_service_pb2_grpc
+
+    from shared.client.calls import Call
+
+    short = _wav(np.zeros(8000, np.float32))
+    ref = client.upload("audio", data, "audio/wav")
+
+    def by_ref(r):
+        return client.run(Call("audio", audio_service_pb2_grpc.AudioServiceStub, "Tag",
+                               pb.TagRequest(audio_ref=r)), 300)
+
+    paths = {"inline": lambda: client.audio_tag(data, timeout_s=300),
+             "upload_then_ref": lambda: by_ref(client.upload("audio", data, "audio/wav")),
+             "ref_only": lambda: by_ref(ref),
+             "upload_only": lambda: client.upload("audio", data, "audio/wav"),
+             "short_clip_inline": lambda: client.audio_tag(short, timeout_s=300)}
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for fn in paths.values():
+        fn()  # warm
+    for k in range(repeats):
+        order = list(paths.items())
+        for name, fn in (order if k % 2 == 0 else order[::-1]):
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t0)
+    return {"bytes": len(data), "repeats": repeats,
+            "median_s": {k: round(statistics.median(v), 4) for k, v in times.items()}}
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m bench.audio", description=__doc__.split(
         "\n\n")[0], formatter_class=argparse.ArgumentDefaultsHelpFormatter)
@@ -229,6 +274,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--repeats", type=int, default=6, help="timed runs per path (interleaved)")
     p.add_argument("--redis-url", default="redis://127.0.0.1:6379/7")
     p.add_argument("--no-write", action="store_true", help="print only")
+    p.add_argument("--inputs-only", action="store_true",
+                   help="only the inline-vs-reference breakdown of a sync Tag (printed)")
     args = p.parse_args(argv)
     if not (ALSA / "Front_Center.wav").exists():
         p.exit(2, "needs Debian's alsa-utils and sound-theme-freedesktop (apt-get install "
@@ -256,6 +303,11 @@ def main(argv: list[str] | None = None) -> int:
         stack.wait_consumers("audio.cpu", timeout=120)
         with Client(ClientSettings(endpoint=f"127.0.0.1:{port}", api_key=API_KEY),
                     timeout_s=300) as client:
+            wave = long_recording(args.seconds)
+            inputs = input_paths(client, _wav(wave), args.repeats)
+            print(f"  inputs: {inputs}", flush=True)
+            if args.inputs_only:
+                return 0
             tags = tagging(client)
             print(f"  tagging: top-1 {tags['top1']:.2f}, top-5 {tags['top5']:.2f} over "
                   f"{tags['clips']} clips", flush=True)
@@ -265,14 +317,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"  ASR: WER {asr_eval['wer']:.3f} on {asr_eval['clips']} clips", flush=True)
             tts_eval = synthesis(client)
             print(f"  TTS: round-trip WER {tts_eval['round_trip_wer']:.3f}", flush=True)
-            wave = long_recording(args.seconds)
             speed = rtf(client, _wav(wave), len(wave) / 16000, args.repeats)
             print(f"  RTF: {speed}", flush=True)
     finally:
         release(stack, args.redis_url)
     load = meter.stop()
     result = {"machine": facts, "load": load, "tagging": tags, "vad": vads, "asr": asr_eval,
-              "tts": tts_eval, "rtf": speed,
+              "tts": tts_eval, "rtf": speed, "inputs": inputs,
               "rtf_seconds": args.seconds}
     lines = [f"# Audio evaluation ({machine.one_line(facts)})", "",
              f"Real recordings from Debian's alsa-utils and sound-theme-freedesktop. Foreign CPU "
@@ -314,6 +365,13 @@ def main(argv: list[str] | None = None) -> int:
               "|---|---|---|---|"]
     lines += [f"| {name} | {v['mesh_x_realtime']} | {v['in_process_x_realtime']} | "
               f"{v['ratio_mesh_over_in_process']} |" for name, v in speed.items()]
+    med = inputs["median_s"]
+    lines += ["", f"## Where a sync Tag's time goes: the {args.seconds:g} s recording "
+              f"({inputs['bytes']:,} bytes of WAV), median of {inputs['repeats']}, interleaved",
+              "", "Inline inputs above JOBMESH_INLINE_STAGE_BYTES "
+              f"({_stage_bytes()}) are staged in S3 by the gateway for the call.", "",
+              "| path | seconds |", "|---|---|"]
+    lines += [f"| {name.replace('_', ' ')} | {med[name]} |" for name in med]
     publish("audio", lines, result, write=not args.no_write)
     return 0
 

@@ -69,6 +69,8 @@ class Settings(BaseSettings):
     audio_max_rate: int = Field(default=384_000, ge=8000)
     # A SubmitTranscribe job longer than this runs as one task per chunk, cut in silence.
     audio_chunk_seconds: float = Field(default=600.0, ge=1)
+    # Sync calls' inline inputs larger than this go to the worker through S3, not Redis (0: off).
+    inline_stage_bytes: int = Field(default=256 * 1024, ge=0)
 
     # Cross-request batching of sync calls at the gateway (1 = off).
     coalesce_max_batch: int = Field(default=8, ge=1, le=256)

@@ -85,12 +85,17 @@ def tts_request(request: pb.SynthesizeRequest, prefix: str = "") -> dict:
     return {"text": request.text, "length_scale": scale or None}
 
 
-def worker_request(data: bytes | None, ref: ArtifactRef | None, options: dict) -> dict:
+def worker_request(data: bytes | None, ref: ArtifactRef | None, options: dict,
+                   field: str = "") -> dict:
+    """`field`: the request field an input staged in S3 came from (`audio`), so the worker's
+    errors name it rather than `audio_ref`."""
     req: dict = {"options": options}
     if data is not None:
         req["audio_b64"] = base64.b64encode(data).decode()
     else:
         req["audio_ref"] = ref.to_dict()
+        if field:
+            req["staged_as"] = field
     return req
 
 

@@ -13,9 +13,16 @@ from shared.batch import methods as batch_methods
 from shared.errors import InvalidArgument
 from shared.jobs.convert import job_to_pb, register_result
 from shared.jobs.records import JobRecord
-from shared.server.inputs import checked_ref, create_upload, keep_input
+from shared.server.inputs import (
+    checked_ref,
+    create_upload,
+    discard_staged,
+    keep_input,
+    stage_input,
+)
 from shared.server.interceptors import current_principal
 from shared.server.sync_call import call_sync
+from shared.storage.artifacts import ArtifactRef
 
 DOMAIN = "audio"
 UPLOAD_TYPES = ("audio/wav", "audio/x-wav", "audio/flac", "audio/ogg", "audio/mpeg",
@@ -38,12 +45,16 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
         self.limits = AudioLimits(s.audio_max_seconds, s.audio_min_rate, s.audio_max_rate)
 
     async def worker_request(self, request, options: dict, tenant: str,
-                             prefix: str = "") -> dict:
+                             prefix: str = "", stage: bool = False) -> dict:
         """Checks the source (inline: the header; by reference: ownership and size) and builds
-        what the worker takes."""
+        what the worker takes. `stage`: a large inline input goes to S3 for the call
+        (`stage_input`; the caller discards it with `_discard`)."""
         kind, source = convert.source_of(request, prefix)
         if kind == "audio":
             inspect_audio(source, self.limits, f"{prefix}audio")
+            staged = await stage_input(self.gw, tenant, source) if stage else None
+            if staged is not None:
+                return convert.worker_request(None, staged, options, field=f"{prefix}audio")
             return convert.worker_request(source, None, options)
         ref = await checked_ref(self.gw, source, tenant, f"{prefix}audio_ref")
         return convert.worker_request(None, ref, options)
@@ -70,8 +81,12 @@ class AudioServicer(audio_service_pb2_grpc.AudioServiceServicer):
     async def _call(self, request, context, options, task: str, batch_task: str, response):
         """A sync call on a file input: check, dispatch (coalesced), convert the result."""
         p = current_principal()
-        req = await self.worker_request(request, options(request), p.tenant)
-        return response(await self._sync(context, p.tenant, task, batch_task, req))
+        req = await self.worker_request(request, options(request), p.tenant, stage=True)
+        try:
+            return response(await self._sync(context, p.tenant, task, batch_task, req))
+        finally:
+            if "staged_as" in req:
+                await discard_staged(self.gw, ArtifactRef.from_dict(req["audio_ref"]))
 
     async def _job(self, request, options, task: str, response_type):
         """A Submit* call: the inner request checked as the sync call would, then a job."""

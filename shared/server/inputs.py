@@ -1,5 +1,6 @@
 """Inputs by reference, shared by every servicer that takes files: presigned uploads, the
-ownership check on an ArtifactRef, and keeping an async job's inline input in S3."""
+ownership check on an ArtifactRef, keeping an async job's inline input in S3, and staging a
+sync call's large inline input in S3 for the duration of the call."""
 
 from __future__ import annotations
 
@@ -36,6 +37,37 @@ async def keep_input(gw, tenant: str, job: JobRecord, data: bytes) -> dict:
                                   data)
     await gw.redis.zadd(ARTIFACT_EXPIRY_KEY, {f"{ref.bucket}/{ref.key}": job.expire_time})
     return ref.to_dict()
+
+
+STAGED_TTL_S = 3600  # the janitor's safety net; a staged input is deleted when its call ends
+
+
+async def stage_input(gw, tenant: str, data: bytes) -> ArtifactRef | None:
+    """Puts a sync call's inline input in S3 when it is larger than JOBMESH_INLINE_STAGE_BYTES
+    (None otherwise, or when staging is off), so the worker reads it by reference instead of
+    from a Celery message (base64 through Redis: 4/3 of its size, encoded and decoded by both
+    ends). The key is `tenants/<tenant>/staged/<uuid>`; the caller deletes it when the call
+    ends (`discard_staged`); the janitor deletes it after STAGED_TTL_S should the gateway die
+    first."""
+    limit = gw.settings.inline_stage_bytes
+    if not limit or len(data) <= limit:
+        return None
+    key = tenant_key(tenant, "staged", uuid.uuid4().hex)
+    ref = await asyncio.to_thread(gw.artifacts.put_bytes, gw.settings.artifacts_bucket, key,
+                                  data)
+    await gw.redis.zadd(ARTIFACT_EXPIRY_KEY, {f"{ref.bucket}/{ref.key}": time.time()
+                                              + STAGED_TTL_S})
+    return ref
+
+
+async def discard_staged(gw, ref: ArtifactRef) -> None:
+    """Deletes a staged input now that its call has ended (best effort: the janitor's expiry
+    entry stays as the safety net)."""
+    try:
+        await asyncio.to_thread(gw.artifacts.delete, ref.bucket, ref.key)
+        await gw.redis.zrem(ARTIFACT_EXPIRY_KEY, f"{ref.bucket}/{ref.key}")
+    except Exception:  # the janitor deletes it later
+        pass
 
 
 async def create_upload(gw, tenant: str, content_type: str, size: int,

@@ -65,6 +65,32 @@ def test_tag_speech_and_a_phone_ringing(audio):
     assert all(s.end_seconds - s.start_seconds == pytest.approx(0.96) for s in r.segments)
 
 
+def test_a_large_inline_input_travels_through_s3_and_is_deleted_after_the_call(audio, stack):
+    """Over JOBMESH_INLINE_STAGE_BYTES (256 KiB) an inline file is staged in S3 for the call
+    (not sent base64 through Redis); the staged object is gone once the call returns, and a
+    bad value found by the worker still names `audio`."""
+    from shared.config import Settings
+    from shared.storage.artifacts import ArtifactStore, tenant_key
+
+    stub, _ = audio
+    data = wav(tone(4.0, 48000), 48000)  # 4 s of 16-bit PCM at 48 kHz: 384 KB
+    assert len(data) > 256 * 1024
+    r = stub.Tag(pb.TagRequest(audio=data, top_k=3), metadata=auth(), timeout=60)
+    assert r.info.duration_seconds == pytest.approx(4.0) and len(r.top) == 3
+    settings = Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()})
+    store = ArtifactStore.from_settings(settings)
+    assert store.list_keys(settings.artifacts_bucket, tenant_key("tenant-a", "staged")) == []
+    bad = tone(4.0, 48000)
+    bad[100_000] = np.nan  # past the header the gateway checks: found while decoding
+    buf = io.BytesIO()
+    sf.write(buf, bad, 48000, format="WAV", subtype="FLOAT")
+    with pytest.raises(grpc.RpcError) as e:
+        stub.Tag(pb.TagRequest(audio=buf.getvalue()), metadata=auth(), timeout=60)
+    assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert details(e.value)["violations"][0][0] == "audio"
+    assert store.list_keys(settings.artifacts_bucket, tenant_key("tenant-a", "staged")) == []
+
+
 def test_detect_speech_in_a_voice_clip_and_none_in_a_tone(audio):
     stub, _ = audio
     r = stub.DetectSpeech(pb.DetectSpeechRequest(audio=SPEECH.read_bytes()), metadata=auth(),

@@ -124,9 +124,10 @@ def _warm_up(**_) -> None:
 def _input(ctx: JobContext, request: dict) -> tuple[bytes, str]:
     if "audio_b64" in request:
         return base64.b64decode(request["audio_b64"]), "audio"
-    if "audio_ref" in request:
+    if "audio_ref" in request:  # by the caller's reference, or staged by the gateway
         ref = ArtifactRef.from_dict(request["audio_ref"])
-        return ctx.artifacts.get_bytes(ref, max_bytes=settings.max_upload_bytes), "audio_ref"
+        return (ctx.artifacts.get_bytes(ref, max_bytes=settings.max_upload_bytes),
+                request.get("staged_as", "audio_ref"))
     raise InvalidArgument.for_field("audio", "is required (or audio_ref)")
 
 
