@@ -83,6 +83,7 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.curation_mesh
 	$(PYTHON) -m bench.curation_detect
 	$(PYTHON) -m bench.curation_color
+	$(PYTHON) -m bench.curation_color
 	$(PYTHON) -m bench.compeft
 
 chaos: $(STAMP) proto  ## fault injection under load: Redis kill -9 / restart, S3 outage, worker kills, gateway failover (own Redis and S3)

@@ -15,11 +15,21 @@ from shared.jobs.convert import artifact_pb
 CURATE_TASK = "jobmesh.curation.v1.curate"
 SHARD_TASK = "jobmesh.curation.v1.shard"
 SCORE_TASK = "jobmesh.curation.v1.score"
+FINETUNE_TASK = "jobmesh.curation.v1.finetune"
 
 SHARD_SUFFIXES = (".jsonl", ".jsonl.gz", ".jsonl.zst", ".parquet")
 MAX_SHARDS = 10_000
 MAX_STEPS = 32
 MAX_SCORE_TEXTS, MAX_SCORE_CHARS = 64, 100_000
+# Fine-tuning: inline texts travel in the task message, so they stay small; bigger samples go
+# as a shard. The token cap keeps one job inside the task time limit: ~150 tokens/s of training
+# on 2 CPU cores (bench/results/curation_color.md), plus ~30 s loading and ~60 s exporting.
+MAX_TARGET_TEXTS, MAX_TARGET_CHARS = 2_000, 1_000_000
+MAX_FINETUNE_TOKENS = 32_768
+REFERENCE_LM = "smollm2-135m-instruct"  # workers.textgen.export.MODEL_NAME
+# Step parameters naming a registry model ("name" or "name@version"); unset = REFERENCE_LM.
+MODEL_PARAMS = {"color_filter": ("prior_model", "conditional_model")}
+_MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,100}$")  # the registry's rule
 # A path under the caller's data space: plain segments, no `..`, no empty parts.
 _PATH = re.compile(r"^[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*$")
 _FIELD = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]{0,63}$")
@@ -123,6 +133,51 @@ def score_request(request: pb.ScoreTextsRequest) -> dict:
 
 def scores_pb(result: dict) -> pb.ScoreTextsResponse:
     return pb.ScoreTextsResponse(scores=[pb.TextScores(**s) for s in result["scores"]])
+
+
+def _bounded(value: int, default: int, low: int, high: int, field: str) -> int:
+    value = value or default
+    if not low <= value <= high:
+        raise InvalidArgument.for_field(field, f"must be within {low}..{high}")
+    return value
+
+
+def finetune_request(request: pb.SubmitFineTuneRequest) -> dict:
+    """The worker's request, `target` left for the servicer to check against the caller."""
+    if not _MODEL_NAME.match(request.model_name):
+        raise InvalidArgument.for_field("model_name", f"{request.model_name!r} must match "
+                                        f"{_MODEL_NAME.pattern}")
+    if request.model_name == REFERENCE_LM:
+        raise InvalidArgument.for_field("model_name", "is the reference LM's own name; name "
+                                        "the conditional model after its target domain")
+    if bool(request.target_texts) == request.HasField("target"):
+        raise InvalidArgument.for_field("target", "set target or target_texts (one of them)")
+    if len(request.target_texts) > MAX_TARGET_TEXTS:
+        raise InvalidArgument.for_field("target_texts", f"at most {MAX_TARGET_TEXTS} texts")
+    if sum(len(t) for t in request.target_texts) > MAX_TARGET_CHARS:
+        raise InvalidArgument.for_field("target_texts", f"over {MAX_TARGET_CHARS} characters "
+                                        "in all: upload them as a shard (target)",
+                                        reason="INPUT_TOO_LARGE")
+    text_field = request.text_field or "text"
+    if not _FIELD.match(text_field):
+        raise InvalidArgument.for_field("text_field", f"{text_field!r} is not a field name")
+    lr = request.learning_rate or 1e-3
+    if not 0 < lr < 1:
+        raise InvalidArgument.for_field("learning_rate", "must be within (0, 1)")
+    lora = {"rank": _bounded(request.lora_rank, 8, 1, 64, "lora_rank"),
+            "steps": _bounded(request.steps, 40, 1, 1000, "steps"),
+            "seq_len": _bounded(request.seq_len, 128, 16, 1024, "seq_len"),
+            "batch": _bounded(request.batch, 4, 1, 32, "batch"), "lr": lr}
+    tokens = lora["steps"] * lora["batch"] * lora["seq_len"]
+    if tokens > MAX_FINETUNE_TOKENS:
+        raise InvalidArgument.for_field("steps", f"steps x batch x seq_len = {tokens} tokens; "
+                                        f"at most {MAX_FINETUNE_TOKENS} fit in one task")
+    return {"model_name": request.model_name, "texts": list(request.target_texts),
+            "text_field": text_field, "lora": lora, "serve": request.serve}
+
+
+def finetune_result_pb(result: dict) -> pb.FineTuneResult:
+    return pb.FineTuneResult(**result)
 
 
 def steps_pb() -> pb.ListStepsResponse:

@@ -10,11 +10,11 @@ from jobmesh.curation.v1 import curation_service_pb2 as pb
 from jobmesh.curation.v1 import curation_service_pb2_grpc
 
 from services.curation import convert
-from shared.errors import FailedPrecondition, InvalidArgument
+from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.jobs.convert import artifact_pb, job_to_pb, register_result, ts
 from shared.jobs.records import State
 from shared.server.inputs import checked_ref
-from shared.server.interceptors import current_principal
+from shared.server.interceptors import current_principal, require_admin
 from shared.server.sync_call import call_sync
 from shared.storage.artifacts import ArtifactRef
 
@@ -22,6 +22,7 @@ DOMAIN = "curation"
 
 register_result(convert.CURATE_TASK, convert.summary_pb)
 register_result(convert.SCORE_TASK, convert.scores_pb)
+register_result(convert.FINETUNE_TASK, convert.finetune_result_pb)
 
 
 class CurationServicer(curation_service_pb2_grpc.CurationServiceServicer):
@@ -34,6 +35,7 @@ class CurationServicer(curation_service_pb2_grpc.CurationServiceServicer):
             raise InvalidArgument.for_field("request_id", "is longer than 128 characters")
         pipeline = convert.pipeline_to_list(request.pipeline)
         convert.check_pipeline(pipeline)
+        await asyncio.to_thread(self._check_models, pipeline)
         text_field, id_field = convert.fields(request)
         base = convert.data_prefix(p.tenant)
         output = base + convert.check_path(request.output_prefix, "output_prefix", folder=True)
@@ -53,6 +55,20 @@ class CurationServicer(curation_service_pb2_grpc.CurationServiceServicer):
             tenant=p.tenant, domain=DOMAIN, task=convert.CURATE_TASK, request=req,
             request_id=request.request_id)
         return pb.SubmitCurateResponse(job=job_to_pb(job))
+
+    def _check_models(self, pipeline: list[dict]) -> None:
+        """NOT_FOUND naming the parameter now, rather than a failed job later, for a step's
+        registry model (color_filter's prior and conditional models) that does not exist."""
+        registry = self.gw.registry
+        for n, entry in enumerate(pipeline):
+            for param in convert.MODEL_PARAMS.get(entry["step"], ()):
+                ref = entry.get(param) or convert.REFERENCE_LM
+                name, _, version = ref.partition("@")
+                try:
+                    registry.manifest(name, version or registry.serving_version(name))
+                except NotFound as exc:
+                    raise NotFound(f"pipeline[{n}].{param}: model {ref} not found",
+                                   metadata={"field": f"pipeline[{n}].{param}"}) from exc
 
     async def _shards(self, request, tenant: str, base: str) -> list[dict]:
         if bool(request.input_prefix) == bool(request.inputs):
@@ -132,3 +148,21 @@ class CurationServicer(curation_service_pb2_grpc.CurationServiceServicer):
         return pb.CreateShardUploadResponse(
             ref=artifact_pb({"bucket": bucket, "key": key, "size": request.size}),
             upload_url=url, expire_time=ts(time.time() + expiry))
+
+    async def SubmitFineTune(self, request, context):
+        p = require_admin()  # it writes the model registry
+        if len(request.request_id) > 128:
+            raise InvalidArgument.for_field("request_id", "is longer than 128 characters")
+        req = convert.finetune_request(request)
+        if request.HasField("target"):
+            t = request.target
+            if not t.key.endswith(convert.SHARD_SUFFIXES):
+                raise InvalidArgument.for_field(
+                    "target", f"must end in one of {', '.join(convert.SHARD_SUFFIXES)}")
+            ref = await checked_ref(self.gw, ArtifactRef(t.bucket, t.key, t.sha256), p.tenant,
+                                    "target")
+            req["target"] = {"bucket": ref.bucket, "key": ref.key, "sha256": ref.sha256}
+        job, _ = await self.gw.dispatcher.submit(
+            tenant=p.tenant, domain=DOMAIN, task=convert.FINETUNE_TASK, request=req,
+            request_id=request.request_id)
+        return pb.SubmitFineTuneResponse(job=job_to_pb(job))

@@ -19,7 +19,7 @@ from jobmesh.jobs.v1 import job_pb2
 from shared.client import job_response
 from shared.client.sdk import http_put
 from shared.local.stack import free_port
-from tests.conftest import TENANT_KEY, auth
+from tests.conftest import ADMIN_KEY, TENANT_KEY, auth
 from tests.integration.helpers import details, wait_job
 
 pytestmark = pytest.mark.integration
@@ -61,8 +61,9 @@ def curation_address(stack):
     settings = Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()})
     register_textgen_model(ModelRegistry(ArtifactStore.from_settings(settings),
                                          settings.models_bucket))
-    stack.start_worker("curation", extra_env={"JOBMESH_TASK_TIME_LIMIT_S": "120",
-                                              "JOBMESH_VISIBILITY_TIMEOUT_S": "240"})
+    # 300 s: the fine-tune job loads SmolLM2 (~30 s) and exports it (~60 s) on busy cores.
+    stack.start_worker("curation", extra_env={"JOBMESH_TASK_TIME_LIMIT_S": "300",
+                                              "JOBMESH_VISIBILITY_TIMEOUT_S": "600"})
     port = free_port()
     stack.start_gateway("curation", port)
     stack.wait_consumers("curation.cpu", timeout=120)
@@ -236,3 +237,99 @@ def test_lm_steps_score_with_the_registered_reference_model(cur, curation):
     steps = {s.step: s for s in summary.steps}
     assert dict(steps["lm_perplexity"].reasons) == {"lm_perplexity:too_high": 1}
     assert steps["llm_detect"].removed == 0 and summary.documents_kept == 3
+
+
+def _docstrings(count: int) -> list[str]:
+    """Module docstrings of Python's standard library: the target domain."""
+    import ast
+    import sysconfig
+    from pathlib import Path
+
+    out = []
+    for path in sorted(Path(sysconfig.get_paths()["stdlib"]).glob("*.py")):
+        doc = ast.get_docstring(ast.parse(path.read_bytes())) or ""
+        if len(doc.split()) >= 60:
+            out.append(doc)
+        if len(out) == count:
+            return out
+    return out
+
+
+def _wait_long(channel, name: str, key: str, timeout: float = 600.0) -> job_pb2.Job:
+    """Like wait_job, for a job of minutes on busy cores: each WaitJob round asks the server
+    to answer within 30 s and gives the answer 30 s more to arrive."""
+    import time
+
+    from google.protobuf import duration_pb2
+    from jobmesh.jobs.v1 import job_service_pb2, job_service_pb2_grpc
+
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        done = jobs.WaitJob(job_service_pb2.WaitJobRequest(
+            name=name, timeout=duration_pb2.Duration(seconds=30)), metadata=auth(key),
+            timeout=60).job
+        if done.done:
+            return done
+    raise AssertionError(f"{name} not done in {timeout} s")
+
+
+def test_color_filter_with_a_fine_tuned_conditional_model(cur, curation, stack):
+    """SubmitFineTune (a tiny LoRA: 2 steps) registers a conditional model; a curation job's
+    color_filter step scores with it and the prior and keeps the top half across two shards."""
+    from jobmesh.curation.v1.curation_service_pb2 import FineTuneResult
+
+    target = _docstrings(12)
+    request = pb.SubmitFineTuneRequest(target_texts=target[:8], model_name="it-color-py",
+                                       lora_rank=4, steps=2, seq_len=32, batch=2)
+    with pytest.raises(grpc.RpcError) as err:  # registry writes: admin only
+        cur.SubmitFineTune(request, metadata=auth(), timeout=10)
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    done = _wait_long(curation, cur.SubmitFineTune(request, metadata=auth(ADMIN_KEY),
+                                                   timeout=30).job.name, ADMIN_KEY)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    tuned = job_response(done)
+    assert isinstance(tuned, FineTuneResult) and not tuned.reused
+    assert tuned.model.startswith("it-color-py@lora-") and tuned.target_documents == 8
+    assert tuned.parent == "smollm2-135m-instruct@gguf-q4_1-onnx-v2" and tuned.train_blocks >= 2
+    again = _wait_long(curation, cur.SubmitFineTune(request, metadata=auth(ADMIN_KEY),
+                                                    timeout=30).job.name, ADMIN_KEY)
+    assert job_response(again).reused and job_response(again).model == tuned.model
+
+    docs = [{"id": f"py{n}", "text": t} for n, t in enumerate(target[8:])] + \
+        [{"id": f"lic{n}", "text": t} for n, t in enumerate(paragraphs()[:4])]
+    upload(cur, "it/color/in/a.jsonl.gz", shard(docs[::2]))
+    upload(cur, "it/color/in/b.jsonl.gz", shard(docs[1::2]))
+    done = _wait_long(curation, cur.SubmitCurate(pb.SubmitCurateRequest(
+        input_prefix="it/color/in", output_prefix="it/color/out",
+        pipeline=[step("color_filter", conditional_model=tuned.model, keep_fraction=0.5,
+                       max_tokens=32)]), metadata=auth(), timeout=30).job.name, TENANT_KEY)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    summary = job_response(done)
+    assert (summary.documents_in, summary.documents_kept) == (8, 4)
+    assert dict(summary.steps[0].reasons) == {"color_filter:below_cut": 4}
+    # The cut is global: every kept document scores at least every removed one.
+    from shared.config import Settings
+    from shared.storage.artifacts import ArtifactRef, ArtifactStore
+
+    store = ArtifactStore.from_settings(
+        Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()}))
+    kept, removed = [], []
+    for o in summary.outputs:
+        kept += [json.loads(line) for line in gzip.decompress(store.get_bytes(
+            ArtifactRef(o.bucket, o.key))).splitlines()]
+        removed += [json.loads(line) for line in store.get_bytes(ArtifactRef(
+            o.bucket, f"{summary.output_prefix}removed/{o.key.rsplit('/', 1)[1]}.jsonl"
+        )).splitlines()]
+    assert len(kept) == len(removed) == 4
+    for r in removed:
+        assert r["reason"] == f"color_filter:below_cut:{r['color_score']:.4f}"
+    assert min(k["color_score"] for k in kept) >= max(r["color_score"] for r in removed)
+
+    with pytest.raises(grpc.RpcError) as err:  # an unknown model never queues
+        cur.SubmitCurate(pb.SubmitCurateRequest(
+            input_prefix="it/color/in", output_prefix="it/color/out2",
+            pipeline=[step("color_filter", conditional_model="it-color-py@lora-nope",
+                           threshold=0.0)]), metadata=auth(), timeout=30)
+    assert err.value.code() == grpc.StatusCode.NOT_FOUND
+    assert "pipeline[0].conditional_model" in err.value.details()

@@ -211,6 +211,31 @@ def task_loss(model, blocks: torch.Tensor,
         return _evaluate(peft_model, blocks, cfg.batch)
 
 
+def merged_model(model, adapter: Mapping[str, Any], cfg: LoraConfig):
+    """A copy of `model` with `adapter` folded into its weights (W + B @ A * alpha / rank for
+    each adapted module): a plain model that computes what the model with the adapter computes,
+    for export. `model` is left unchanged. Raises ValueError for a key that names no module."""
+    import copy
+
+    import torch
+
+    out = copy.deepcopy(model)
+    modules = dict(out.named_modules())
+    scale = cfg.alpha / cfg.rank
+    with torch.no_grad():
+        for key, a in adapter.items():
+            if ".lora_A." not in key:
+                continue
+            path = key.removeprefix("base_model.model.").split(".lora_A.", 1)[0]
+            if path not in modules:
+                raise ValueError(f"adapter key {key!r} names no module of the model")
+            b = torch.as_tensor(adapter[key.replace(".lora_A.", ".lora_B.")]).float()
+            weight = modules[path].weight
+            weight += (b @ torch.as_tensor(a).float() * scale).to(weight.dtype)
+    out.eval()
+    return out
+
+
 def save_adapter(adapter: Mapping[str, torch.Tensor], path: Path,
                  metadata: Mapping[str, str] | None = None) -> Path:
     """The adapter as a safetensors file (dtype kept), written to a temporary name and renamed,

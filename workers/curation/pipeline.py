@@ -1,27 +1,33 @@
 """One curation run, as pure functions over documents: the shard stage and the global stage.
 
 Shard stage (`process_shard`, one task per shard, in parallel): every per-document filter step
-in pipeline order, then for each dedup step the key or signature of each kept document. Global
-stage (`global_duplicates`, once, after every shard): the dedup steps over all shards' keys, in
-pipeline order, each over the documents the previous one kept.
+in pipeline order, then for each global step (dedup, select) the key, signature or score of each
+kept document. Global stage (`global_duplicates`, once, after every shard): the global steps over
+all shards' keys, in pipeline order, each over the documents the previous one kept.
 
-So dedup steps always run after the filter steps, whatever their place in the list: a duplicate
+So global steps always run after the filter steps, whatever their place in the list: a duplicate
 is decided among documents that passed every filter (the order datatrove's and NeMo Curator's
-example pipelines use). `order_note` says so when a pipeline lists them otherwise.
+example pipelines use), and a CoLoR-Filter cut among the documents still there.
+`order_note` says so when a pipeline lists them otherwise.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import math
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from workers.curation import dedup
+from workers.curation import color, dedup
 from workers.curation.documents import Document
 from workers.curation.filters import build_filter, run_filters
-from workers.curation.steps import ExactDedupStep, MinhashDedupStep, StepSpec
+from workers.curation.steps import ColorFilterStep, ExactDedupStep, MinhashDedupStep, StepSpec
+
+GLOBAL_KINDS = ("dedup", "select")
 
 # Fixed (log-spaced) bins of document length in words, so shards' histograms add up.
 WORD_BINS = [0, 10, 30, 100, 300, 1000, 3000, 10_000, 100_000, 10**9]
@@ -32,7 +38,8 @@ class ShardOutcome:
     kept: list[Document]
     removed: list[tuple[Document, str]]
     stats: Counter  # "<step>.kept", "<step>.removed:<why>", "documents_in"
-    # Per dedup step index (as a string, JSON keys): doc id -> exact key (hex) or signature.
+    # Per global step index (as a string, JSON keys): doc id -> exact key (hex), signature (hex)
+    # or CoLoR score (repr of the float; "nan" for a text too short to score).
     keys: dict[str, dict[str, str]] = field(default_factory=dict)
     histograms: dict[str, list[int]] = field(default_factory=dict)
 
@@ -41,15 +48,15 @@ def filter_steps(steps: list[StepSpec]) -> list[StepSpec]:
     return [s for s in steps if s.kind == "filter"]
 
 
-def dedup_steps(steps: list[StepSpec]) -> list[tuple[int, StepSpec]]:
-    return [(i, s) for i, s in enumerate(steps) if s.kind == "dedup"]
+def global_steps(steps: list[StepSpec]) -> list[tuple[int, StepSpec]]:
+    return [(i, s) for i, s in enumerate(steps) if s.kind in GLOBAL_KINDS]
 
 
 def order_note(steps: list[StepSpec]) -> str:
-    kinds = [s.kind for s in steps]
-    if "dedup" in kinds and "filter" in kinds[kinds.index("dedup"):]:
-        return ("dedup steps run after every filter step (across all shards), not at their "
-                "place in the list")
+    kinds = [s.kind in GLOBAL_KINDS for s in steps]
+    if True in kinds and False in kinds[kinds.index(True):]:
+        return ("dedup and selection steps run after every filter step (across all shards), "
+                "not at their place in the list")
     return ""
 
 
@@ -63,21 +70,33 @@ def needs_lm(steps: list[StepSpec]) -> bool:
 
 
 def process_shard(docs: list[Document], steps: list[StepSpec],
-                  lm_folder: Path | None = None) -> ShardOutcome:
-    """`lm_folder`: the reference LM's export, for steps that score with it."""
+                  lm_folder: Path | None = None,
+                  model_folder: Callable[[str], Path] | None = None) -> ShardOutcome:
+    """`lm_folder`: the reference LM's export, for steps that score with it; `model_folder`:
+    a registry model reference ("name" or "name@version") -> its local export folder, for
+    steps that name their models (color_filter)."""
     stats: Counter = Counter({"documents_in": len(docs)})
     filters = [build_filter(s, lm_folder) for s in filter_steps(steps)]
     kept, removed = run_filters(docs, filters, stats) if filters else (list(docs), [])
     keys: dict[str, dict[str, str]] = {}
-    for index, step in dedup_steps(steps):
+    for index, step in global_steps(steps):
         ids = [d.id for d in kept]
-        if isinstance(step, ExactDedupStep):
+        if isinstance(step, ColorFilterStep):
+            if model_folder is None:
+                raise ValueError(f"{step.step} needs its models, and no model_folder was given")
+            scores = color.color_scores(kept, model_folder(step.prior_model),
+                                        model_folder(step.conditional_model), step.max_tokens)
+            values = [repr(v) for v in scores]
+            kept = [dataclasses.replace(d, metadata={**d.metadata, color.METADATA_KEY:
+                                                     round(v, 6) if math.isfinite(v) else None})
+                    for d, v in zip(kept, scores, strict=True)]
+        elif isinstance(step, ExactDedupStep):
             values = dedup.exact_keys(kept)
         elif isinstance(step, MinhashDedupStep):
             values = [sig.tobytes().hex() for sig in dedup.minhash_signatures(
                 kept, num_perm=step.num_perm, shingle=step.shingle, seed=step.seed)]
         else:
-            raise ValueError(f"no shard stage for dedup step {step.step}")
+            raise ValueError(f"no shard stage for global step {step.step}")
         keys[str(index)] = dict(zip(ids, values, strict=True))
     histograms = {"words_in": _histogram([len(d.text.split()) for d in docs], WORD_BINS),
                   "words_kept": _histogram([len(d.text.split()) for d in kept], WORD_BINS)}
@@ -86,13 +105,22 @@ def process_shard(docs: list[Document], steps: list[StepSpec],
 
 def global_duplicates(steps: list[StepSpec], keys: list[dict[str, dict[str, str]]]
                       ) -> tuple[dict[str, str], Counter]:
-    """doc id -> reason (e.g. `exact_dedup:duplicate_of:<id>`) for every document a dedup step
-    removes, given each shard's `ShardOutcome.keys`; and the steps' stats."""
+    """doc id -> reason (e.g. `exact_dedup:duplicate_of:<id>`,
+    `color_filter:below_cut:<score>`) for every document a global step removes, given each
+    shard's `ShardOutcome.keys`; and the steps' stats."""
     removed: dict[str, str] = {}
     stats: Counter = Counter()
-    for index, step in dedup_steps(steps):
+    for index, step in global_steps(steps):
         merged = {doc_id: value for shard in keys for doc_id, value in
                   shard.get(str(index), {}).items() if doc_id not in removed}
+        if isinstance(step, ColorFilterStep):
+            cut = color.select({d: float(v) for d, v in merged.items()}, step)
+            for doc_id, score in cut.items():
+                removed[doc_id] = color.removal_reason(step, score)
+            stats[f"{step.step}.kept"] += len(merged) - len(cut)
+            if cut:
+                stats[f"{step.step}.removed:{color.REASON}"] += len(cut)
+            continue
         if isinstance(step, ExactDedupStep):
             groups = dedup.duplicate_groups(merged)
         else:

@@ -12,10 +12,11 @@ from workers.curation.pipeline import WORD_BINS
 
 def summary_steps(steps: list[dict], stats: dict[str, int], documents_in: int) -> list[dict]:
     """Per step, in pipeline order: documents in, kept, removed and the reasons, from the
-    counters `<step>.kept` / `<step>.removed:<why>` (filters first, then dedup, as they ran)."""
+    counters `<step>.kept` / `<step>.removed:<why>` (filters first, then the global steps, dedup
+    and select, as they ran)."""
     out, flowing = [], documents_in
     ordered = [s for s in steps if s["kind"] == "filter"] + \
-              [s for s in steps if s["kind"] == "dedup"]
+              [s for s in steps if s["kind"] != "filter"]
     for s in ordered:
         name = s["step"]
         reasons = {f"{name}:{k.split(':', 1)[1]}": v for k, v in stats.items()

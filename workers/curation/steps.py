@@ -7,9 +7,10 @@ one `PipelineError` that names every bad field as `pipeline[i].param`. The specs
 gateway can validate a pipeline before any worker sees it.
 
 Kinds: a "filter" step decides per document (filters.build_filter); a "dedup" step decides over
-the whole corpus (dedup.py). Parameters and defaults of the four heuristic filters are those of
+the whole corpus (dedup.py); a "select" step scores each document per shard and keeps a share of
+the whole corpus (color.py). Parameters and defaults of the four heuristic filters are those of
 datatrove 0.10.1's constructors (a unit test keeps them equal). New steps register with
-`@register` (later: lm_perplexity, color_filter, llm_detect, embed_dedup).
+`@register`.
 """
 
 from __future__ import annotations
@@ -17,7 +18,14 @@ from __future__ import annotations
 import re
 from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 _LANGUAGE_CODE = re.compile(r"^[a-z]{2,3}$")
 
@@ -41,7 +49,7 @@ class StepSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid", frozen=True, strict=True)
     step: ClassVar[str]
-    kind: ClassVar[str]  # "filter" | "dedup"
+    kind: ClassVar[str]  # "filter" | "dedup" | "select"
     needs_lm: ClassVar[bool] = False  # scores with the reference LM (SmolLM2 from the registry)
 
     def as_dict(self) -> dict[str, Any]:
@@ -207,18 +215,78 @@ class MinhashDedupStep(StepSpec):
     seed: int = Field(1, ge=0)
 
 
+# shared.models.registry's name rule, for the name and the version.
+_MODEL_REF = re.compile(r"^[a-z0-9][a-z0-9._-]{0,100}(@[a-z0-9][a-z0-9._-]{0,100})?$")
+
+
+def _model_ref(value: str) -> str:
+    if not _MODEL_REF.match(value):
+        raise ValueError(f"{value!r} is not a registry model like 'name' or 'name@version'")
+    return value
+
+
 @register
-class EmbedDedupStep(StepSpec):
-    """Keep one document per cluster of near-duplicates by meaning: all-MiniLM-L6-v2 sentence
-    embeddings (the registry's `all-minilm-l6-v2`, ONNX) of each document's first `max_chars`
-    characters; pairs with cosine similarity >= threshold join, transitively; the smallest id is
-    kept. Every pair across all shards is compared (embed_dedup.py): up to ~100k documents."""
+class ColorFilterStep(StepSpec):
+    """CoLoR-Filter (Brandfonbrener et al., 2024): score each document by its mean token NLL
+    under `prior_model` minus under `conditional_model` (the prior fine-tuned on a sample of the
+    target domain; `SubmitFineTune` makes one), both over the first `max_tokens` tokens; higher
+    means the target sample taught the model more about this document. Keep the top
+    `keep_fraction` of the whole corpus (every shard's scores meet in the global stage), or
+    every document scoring at least `threshold`; give exactly one. A model is a registry name
+    (its serving version) or `name@version`."""
+
+    step: ClassVar[str] = "color_filter"
+    kind: ClassVar[str] = "select"
+    conditional_model: str
+    prior_model: str = "smollm2-135m-instruct"  # workers.textgen.export.MODEL_NAME
+    keep_fraction: float | None = Field(None, gt=0, le=1)
+    threshold: float | None = None
+    max_tokens: int = Field(256, ge=8, le=2048)
+
+    @field_validator("conditional_model", "prior_model")
+    @classmethod
+    def _models(cls, value: str) -> str:
+        return _model_ref(value)
+
+    @model_validator(mode="after")
+    def _one_cut(self) -> ColorFilterStep:
+        if (self.keep_fraction is None) == (self.threshold is None):
+            raise ValueError("give exactly one of keep_fraction and threshold")
+        return self
+
+
+class _EmbeddingStep(StepSpec):
+    """Steps over all-MiniLM-L6-v2 sentence embeddings (the registry's `all-minilm-l6-v2`,
+    ONNX) of each document's first `max_chars` characters, computed per shard."""
+
+    max_chars: int = Field(2000, ge=1, le=100_000)
+    batch_size: int = Field(32, ge=1, le=512)
+
+
+@register
+class EmbedDedupStep(_EmbeddingStep):
+    """Keep one document per cluster of near-duplicates by meaning: documents whose
+    all-MiniLM-L6-v2 embeddings (first `max_chars` characters) have cosine similarity >=
+    threshold join, transitively; the smallest id is kept. Every pair across all shards is
+    compared (embed_dedup.py): meant for up to ~100k documents a run."""
 
     step: ClassVar[str] = "embed_dedup"
     kind: ClassVar[str] = "dedup"
     threshold: float = Field(0.9, gt=0, le=1)
-    max_chars: int = Field(2000, ge=1, le=100_000)
-    batch_size: int = Field(32, ge=1, le=512)
+
+
+@register
+class DomainClusterStep(_EmbeddingStep):
+    """Label every remaining document with a topic: spherical k-means (k-means++ seeds from
+    `seed`) over the all-MiniLM-L6-v2 embeddings (first `max_chars` characters) of all shards'
+    documents. Each kept document gets metadata `cluster` (0..k-1) and `cluster_similarity`
+    (cosine to its centroid); the report lists the cluster sizes. Removes nothing."""
+
+    step: ClassVar[str] = "domain_cluster"
+    kind: ClassVar[str] = "annotate"
+    k: int = Field(8, ge=2, le=256)
+    iterations: int = Field(20, ge=1, le=100)
+    seed: int = Field(0, ge=0)
 
 
 # workers.curation.loghub.SYSTEMS' names (a unit test keeps them equal).

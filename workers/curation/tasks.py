@@ -27,10 +27,17 @@ from pathlib import Path
 
 from celery.exceptions import SoftTimeLimitExceeded
 
-from services.curation.convert import CURATE_TASK, SCORE_TASK, SHARD_TASK
+from services.curation.convert import CURATE_TASK, FINETUNE_TASK, SCORE_TASK, SHARD_TASK
 from shared import logs
 from shared.config import Settings
-from shared.errors import DeadlineExceeded, Internal, InvalidArgument, JobmeshError, NotFound
+from shared.errors import (
+    DeadlineExceeded,
+    Internal,
+    InvalidArgument,
+    JobCancelled,
+    JobmeshError,
+    NotFound,
+)
 from shared.jobs.celery_app import make_celery
 from shared.jobs.records import JobRecord, State
 from shared.jobs.worker_kit import DEFERRED, JobContext, WorkerKit
@@ -60,6 +67,18 @@ def lm_folder() -> Path:
     if _models is None:
         _models = ServedModels.from_settings(settings)
     return _models.folder(LM_NAME)[1]
+
+
+def model_folder(ref: str) -> Path:
+    """The verified local folder of a registry model: "name" (the version it serves now) or
+    "name@version"; NOT_FOUND for a name or version the registry does not hold."""
+    global _models
+    if _models is None:
+        _models = ServedModels.from_settings(settings)
+    name, _, version = ref.partition("@")
+    if not version:
+        return _models.folder(name)[1]
+    return _models.registry.fetch(name, version, settings.model_cache_dir)[1]
 
 
 def _done_key(job_id: str) -> str:
@@ -218,7 +237,8 @@ def _run_shard(job: JobRecord, plan: dict, shard: dict) -> None:
                          max_bytes=MAX_SHARD_BYTES)
     docs = read_shard(data, shard["name"], plan["text_field"], plan["id_field"])
     steps = _steps(plan["pipeline"])
-    outcome = process_shard(docs, steps, lm_folder() if needs_lm(steps) else None)
+    outcome = process_shard(docs, steps, lm_folder() if needs_lm(steps) else None,
+                            model_folder)
     # Dedup keys are `<shard>/<id>`: ids need only be unique within their shard.
     outcome.keys = {step: {_dedup_id(shard, doc_id): v for doc_id, v in values.items()}
                     for step, values in outcome.keys.items()}
@@ -340,6 +360,67 @@ def score(ctx: JobContext, request: dict) -> dict:
     from workers.curation.scoring import score_texts
 
     return {"scores": score_texts(request["texts"], lm_folder())}
+
+
+@kit.task(FINETUNE_TASK)
+def finetune_model(ctx: JobContext, request: dict) -> dict:
+    """SubmitFineTune: the target sample, LoRA on the reference LM, merged, exported, registered
+    (workers/curation/finetune.py). A version the registry already holds (same recipe, same
+    sample) is not trained again."""
+    from shared.models.registry import ModelRegistry
+    from workers.compression.lora import LoraConfig
+    from workers.curation import finetune
+
+    texts = request["texts"] or _target_texts(request["target"], request["text_field"])
+    lora = request["lora"]
+    cfg = LoraConfig(rank=lora["rank"], alpha=2 * lora["rank"], steps=lora["steps"],
+                     seq_len=lora["seq_len"], batch=lora["batch"], lr=lora["lr"])
+    registry = ModelRegistry(kit.artifacts(), settings.models_bucket)
+    name = request["model_name"]
+    version = finetune.version_of(cfg, finetune.target_sha256(texts))
+    try:
+        manifest = registry.manifest(name, version)
+    except NotFound:
+        manifest = None
+    if manifest is not None:
+        if request["serve"]:
+            registry.set_serving(name, version)
+        return _finetune_result(name, version, manifest.provenance, reused=True)
+
+    def progress(phase: str, done: int, total: int, loss: float) -> None:
+        if ctx.should_stop():
+            raise JobCancelled()
+        if phase == "train":
+            ctx.progress(done, total + 1, f"step {done}/{total}, batch loss {loss:.3f}")
+        else:
+            ctx.progress(cfg.steps, cfg.steps + 1, "merging and exporting to ONNX")
+
+    try:
+        tuned = finetune.fine_tune(texts, cfg, name, progress)
+    except ValueError as exc:  # too little text for one batch of blocks
+        field = "target_texts" if request["texts"] else "target"
+        raise InvalidArgument.for_field(field, str(exc)) from exc
+    manifest = finetune.register(registry, tuned, request["serve"])
+    ctx.progress(cfg.steps + 1, cfg.steps + 1, f"registered {name}@{version}")
+    return _finetune_result(name, version, manifest.provenance, reused=False)
+
+
+def _target_texts(target: dict, text_field: str) -> list[str]:
+    data = kit.artifacts().get_bytes(ArtifactRef(target["bucket"], target["key"],
+                                                 target["sha256"]), max_bytes=MAX_SHARD_BYTES)
+    try:
+        return [d.text for d in read_shard(data, target["key"].rsplit("/", 1)[-1], text_field)]
+    except ShardError as exc:
+        raise InvalidArgument.for_field("target", str(exc)) from exc
+
+
+def _finetune_result(name: str, version: str, provenance: dict, reused: bool) -> dict:
+    return {"model": f"{name}@{version}", "parent": provenance["parent"],
+            "target_sha256": provenance["target_sha256"],
+            "target_documents": provenance["target_documents"],
+            "train_blocks": provenance["train_blocks"],
+            "first_loss": provenance["first_loss"], "last_loss": provenance["last_loss"],
+            "train_seconds": provenance.get("train_seconds", 0.0), "reused": reused}
 
 
 if settings.diagnostics:

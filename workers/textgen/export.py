@@ -217,12 +217,12 @@ def _self_check(model, onnx_path: Path, atol: float = 2e-3) -> float:
     return worst
 
 
-def _generation_config(model, tok) -> dict:
+def _generation_config(model, tok, name: str, version: str) -> dict:
     cfg = model.config
     eos = {int(cfg.eos_token_id)}
     eos.add(int(tok.convert_tokens_to_ids("<|endoftext|>")))
     return {
-        "model": MODEL_NAME, "version": VERSION,
+        "model": name, "version": version,
         "eos_token_ids": sorted(eos),
         "bos_token_id": int(cfg.bos_token_id), "pad_token_id": int(cfg.pad_token_id),
         "add_bos_token": False,
@@ -241,22 +241,29 @@ def _generation_config(model, tok) -> dict:
     }
 
 
+def write_export(model, tok, folder: Path, name: str, version: str) -> dict:
+    """Writes `FILES` for a model of this architecture (the reference model, or one derived
+    from it, e.g. with a LoRA adapter merged in) into `folder`, checked against the PyTorch
+    model; returns the facts for the export marker (versions, self-check difference)."""
+    _export_onnx(model, folder / "model.onnx")
+    worst = _self_check(model, folder / "model.onnx")
+    tok.backend_tokenizer.save(str(folder / "tokenizer.json"))
+    (folder / "generation.json").write_text(
+        json.dumps(_generation_config(model, tok, name, version), indent=2) + "\n")
+    return {"torch": importlib.metadata.version("torch"),
+            "transformers": importlib.metadata.version("transformers"),
+            "self_check_max_abs_diff": worst}
+
+
 def export_model(folder: Path | None = None, force: bool = False) -> Path:
     """Exports to `folder` (default: the cache) unless a valid export is already there; returns
     the folder holding model.onnx, tokenizer.json and generation.json."""
 
     def make(tmp: Path) -> dict:
         model, tok = load_reference_model()
-        _export_onnx(model, tmp / "model.onnx")
-        worst = _self_check(model, tmp / "model.onnx")
-        tok.backend_tokenizer.save(str(tmp / "tokenizer.json"))
-        (tmp / "generation.json").write_text(
-            json.dumps(_generation_config(model, tok), indent=2) + "\n")
         return {"source": f"{PACKAGE}/{GGUF_FILE}",
                 "package_version": importlib.metadata.version(PACKAGE),
-                "torch": importlib.metadata.version("torch"),
-                "transformers": importlib.metadata.version("transformers"),
-                "self_check_max_abs_diff": worst}
+                **write_export(model, tok, tmp, MODEL_NAME, VERSION)}
 
     return export_cache.build(Path(folder) if folder else default_export_dir(), VERSION, FILES,
                               make, force)
