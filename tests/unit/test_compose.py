@@ -283,6 +283,23 @@ def test_one_shared_environment(resolved):
     assert len(minio_env["MINIO_ROOT_PASSWORD"]) >= 8  # MinIO refuses shorter secrets
 
 
+def test_visibility_timeout_outlasts_every_task_limit(resolved):
+    """Any worker restores any queue's overdue unacked messages, so the one visibility timeout
+    must exceed the longest task limit, or a long task would be handed to a second worker."""
+    from shared.config import Settings
+
+    services = resolved["services"]
+    default = Settings.model_fields["task_time_limit_s"].default
+    limits = {name: int(services[name]["environment"].get("JOBMESH_TASK_TIME_LIMIT_S", default))
+              for name in APP_SERVICES if name.startswith("worker-")}
+    compression_default = re.search(r'"JOBMESH_TASK_TIME_LIMIT_S", "(\d+)"', (
+        REPO / "workers" / "compression" / "__main__.py").read_text()).group(1)
+    assert limits["worker-compression"] == int(compression_default) == 1800
+    [visibility] = {services[n]["environment"]["JOBMESH_VISIBILITY_TIMEOUT_S"]
+                    for n in APP_SERVICES}
+    assert int(visibility) > max(limits.values())
+
+
 def test_one_cpu_image_for_every_cpu_role(resolved):
     services = resolved["services"]
     cpu_roles = ("minio-init", "gateway-ocr", "worker-ocr")

@@ -257,19 +257,24 @@ def test_every_pod_has_a_disruption_budget(variant):
         assert pdb["spec"]["maxUnavailable"] == 1, name
 
 
+def task_limit(dep: dict) -> int:
+    return int(env_of(dep)["JOBMESH_TASK_TIME_LIMIT_S"]["value"])
+
+
 def test_workers_consume_their_queue_and_drain(variant):
     _, _, docs = variant
-    data = config_data(docs)
-    # The ConfigMap key must be the setting Celery's limits come from.
-    assert "task_time_limit_s" in Settings.model_fields
-    limit = int(data["JOBMESH_TASK_TIME_LIMIT_S"])
     from shared.jobs.celery_app import make_celery
 
-    conf = make_celery("helm-check", Settings(task_time_limit_s=limit)).conf
-    assert conf.task_soft_time_limit < conf.task_time_limit == limit
+    # The env names must be the settings Celery's limits and visibility timeout come from.
+    visibility = int(config_data(docs)["JOBMESH_VISIBILITY_TIMEOUT_S"])
     for name, (domain, device) in workers(docs).items():
         dep = by_kind(docs, "Deployment")[name]
         c, pod = container(dep), dep["spec"]["template"]["spec"]
+        conf = make_celery("helm-check", Settings(task_time_limit_s=task_limit(dep),
+                                                  visibility_timeout_s=visibility)).conf
+        assert conf.task_soft_time_limit < conf.task_time_limit == task_limit(dep)
+        # No worker's task outlives the broker-wide redelivery timeout (it would run twice).
+        assert conf.broker_transport_options["visibility_timeout"] > conf.task_time_limit
         assert name == f"{RELEASE}-worker-{domain}-{device}"
         assert int(flag(dep, "--metrics-port")) == WORKER_METRICS_PORTS[domain]
         assert int(flag(dep, "--concurrency")) >= 1
@@ -283,6 +288,31 @@ def test_workers_consume_their_queue_and_drain(variant):
         assert int(env_of(dep)["JOBMESH_ORT_THREADS"]["value"]) >= 1
         # KEDA owns the replica count.
         assert "replicas" not in dep["spec"], name
+
+
+def test_task_time_limit_per_domain(helm, variant):
+    """Compression gets the 30 minutes its worker defaults to; any domain can be given its own
+    limit, which moves its pods' grace period and the mesh-wide visibility timeout with it."""
+    _, values, docs = variant
+    deps = by_kind(docs, "Deployment")
+    default = re.search(r'"JOBMESH_TASK_TIME_LIMIT_S", "(\d+)"',
+                        (REPO / "workers" / "compression" / "__main__.py").read_text())
+    limits = {w: task_limit(deps[n]) for n, w in workers(docs).items()}
+    assert limits[("compression", "cpu")] == int(default.group(1)) == 1800
+    assert limits[("ocr", "cpu")] == Settings.model_fields["task_time_limit_s"].default == 300
+    assert int(config_data(docs)["JOBMESH_VISIBILITY_TIMEOUT_S"]) == 2 * max(limits.values())
+    merged = copy.deepcopy(values or {})
+    merged.setdefault("workers", {}).setdefault("ocr", {})["taskTimeLimitSeconds"] = 4000
+    docs = render(helm, merged)
+    deps = by_kind(docs, "Deployment")
+    for name, (domain, _) in workers(docs).items():
+        want = 4000 if domain == "ocr" else limits[(domain, "cpu")]
+        assert task_limit(deps[name]) == want, name
+        assert deps[name]["spec"]["template"]["spec"]["terminationGracePeriodSeconds"] == \
+            want + 30, name
+    assert int(config_data(docs)["JOBMESH_VISIBILITY_TIMEOUT_S"]) == 8000
+    docs = render(helm, {**merged, "jobs": {"visibilityTimeoutSeconds": 4500}})
+    assert config_data(docs)["JOBMESH_VISIBILITY_TIMEOUT_S"] == "4500"
 
 
 def test_settings_names_exist(variant):
@@ -650,8 +680,12 @@ def test_gateway_tls_mounts_the_secret_and_probes_over_tls(helm, kubernetes_vali
     ({"workers": {"ocr": {"cpu": {"env": {"JOBMESH_DEVICE": "gpu"}}}}}, "JOBMESH_DEVICE"),
     ({"gateways": {"search": {"enabled": True}}}, "gateways.search.port"),
     ({"jobs": {"queuePreference": "tpu"}}, "queuePreference"),
+    ({"config": {"JOBMESH_VISIBILITY_TIMEOUT_S": "60"}}, "JOBMESH_VISIBILITY_TIMEOUT_S"),
+    ({"jobs": {"visibilityTimeoutSeconds": 1800}}, "must exceed the longest task time limit"),
+    ({"workers": {"ocr": {"taskTimeLimitSeconds": 0}}}, "taskTimeLimitSeconds"),
 ], ids=["s3-scheme", "redis-password-in-url", "redis-scheme", "typo", "not-jobmesh",
-        "derived-setting", "device-override", "gateway-without-port", "bad-preference"])
+        "derived-setting", "device-override", "gateway-without-port", "bad-preference",
+        "derived-visibility", "visibility-under-a-limit", "zero-limit"])
 def test_bad_values_are_refused(helm, values, reason):
     with pytest.raises(helm.HelmError, match=re.escape(reason)):
         render(helm, values)

@@ -110,8 +110,28 @@ workers.<domain>.<device>, plus the domain's metricsPort and module.
 {{- $_ := set $cfg "metricsPort" $domainEntry.metricsPort }}
 {{- $_ = set $cfg "module" (default (printf "workers.%s" .domain) $domainEntry.module) }}
 {{- $_ = set $cfg "queue" (printf "%s.%s" .domain .device) }}
+{{- $_ = set $cfg "taskTimeLimitSeconds" (int (default .root.Values.jobs.taskTimeLimitSeconds $domainEntry.taskTimeLimitSeconds)) }}
 {{- include "jobmesh.checkEnv" (dict "env" $cfg.env "where" (printf "workers.%s.%s.env" .domain .device)) }}
 {{- toYaml $cfg }}
+{{- end }}
+
+{{/*
+JOBMESH_VISIBILITY_TIMEOUT_S for every process: jobs.visibilityTimeoutSeconds, or 2 x the longest
+task limit of any domain. It must outlast the longest limit, not each worker's own: kombu keeps
+one unacked index for the whole broker, and any worker restores every message unacked for longer
+than ITS visibility timeout, so an OCR worker with a short one would hand a compression task
+that is still running to a second worker.
+*/}}
+{{- define "jobmesh.visibilityTimeout" -}}
+{{- $longest := int .Values.jobs.taskTimeLimitSeconds }}
+{{- range $domain, $entry := .Values.workers }}
+{{- $longest = max $longest (int (default 0 (get (default dict $entry) "taskTimeLimitSeconds"))) }}
+{{- end }}
+{{- $timeout := int (default (mul 2 $longest) .Values.jobs.visibilityTimeoutSeconds) }}
+{{- if le $timeout $longest }}
+{{- fail (printf "jobs.visibilityTimeoutSeconds (%d) must exceed the longest task time limit (%d s)" $timeout $longest) }}
+{{- end }}
+{{- $timeout }}
 {{- end }}
 
 {{/*
@@ -120,7 +140,7 @@ one decision in two places (e.g. a task time limit that no longer matches the wo
 period), and credentials must never land in a ConfigMap.
 */}}
 {{- define "jobmesh.reservedEnv" -}}
-JOBMESH_REDIS_URL JOBMESH_S3_ENDPOINT JOBMESH_S3_PUBLIC_ENDPOINT JOBMESH_S3_SECURE JOBMESH_S3_REGION JOBMESH_ARTIFACTS_BUCKET JOBMESH_MODELS_BUCKET JOBMESH_S3_ACCESS_KEY JOBMESH_S3_SECRET_KEY JOBMESH_API_KEYS JOBMESH_API_KEYS_FILE JOBMESH_TASK_TIME_LIMIT_S JOBMESH_QUEUE_PREFERENCE JOBMESH_MODEL_CACHE_DIR JOBMESH_DEVICE JOBMESH_HOST JOBMESH_PORT JOBMESH_METRICS_PORT JOBMESH_SHUTDOWN_GRACE_S JOBMESH_ORT_THREADS JOBMESH_WORKER_CONCURRENCY
+JOBMESH_REDIS_URL JOBMESH_S3_ENDPOINT JOBMESH_S3_PUBLIC_ENDPOINT JOBMESH_S3_SECURE JOBMESH_S3_REGION JOBMESH_ARTIFACTS_BUCKET JOBMESH_MODELS_BUCKET JOBMESH_S3_ACCESS_KEY JOBMESH_S3_SECRET_KEY JOBMESH_API_KEYS JOBMESH_API_KEYS_FILE JOBMESH_TASK_TIME_LIMIT_S JOBMESH_VISIBILITY_TIMEOUT_S JOBMESH_QUEUE_PREFERENCE JOBMESH_MODEL_CACHE_DIR JOBMESH_DEVICE JOBMESH_HOST JOBMESH_PORT JOBMESH_METRICS_PORT JOBMESH_SHUTDOWN_GRACE_S JOBMESH_ORT_THREADS JOBMESH_WORKER_CONCURRENCY
 {{- end }}
 
 {{/* (dict "env" <map> "where" "config") fails on a reserved or non-JOBMESH_ name. */}}
