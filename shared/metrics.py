@@ -2,6 +2,13 @@
 
 Names and labels are part of the operator contract (ARCHITECTURE.md, "Metrics"); dashboards and
 alerts depend on them, so add metrics here rather than ad hoc in services.
+
+The `service` label is the gRPC service's short name (`OcrService`, `JobService`, `Health`), not
+the package-qualified one (`jobmesh.ocr.v1.OcrService`), and stays so: every dashboard and alert
+selects on it, it is the name operators read, and it does not move when a package gains a
+version. Short names are unique across our protos and the probes, so nothing is merged;
+tests/unit/test_dashboards.py checks it, and fails the day a `v2` package serves beside `v1`,
+which is when to decide again (a new label rather than a renamed one).
 """
 
 from __future__ import annotations

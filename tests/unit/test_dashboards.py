@@ -349,6 +349,13 @@ WORKER_MODELS = {
 }
 
 
+def test_short_service_labels_name_one_service_each():
+    """The `service` label drops the package (shared/metrics.py says why); that is only safe
+    while no two services share a short name."""
+    short = [service_label(s) for s in SERVICES | PROBE_SERVICES]
+    assert len(short) == len(set(short)), sorted(short)
+
+
 def test_probe_services_left_out_are_the_ones_the_interceptor_labels():
     m = re.fullmatch(r'service!~"([\w|]+)"', _builder().NOT_PROBES)
     assert m and set(m.group(1).split("|")) == {service_label(s) for s in PROBE_SERVICES}
