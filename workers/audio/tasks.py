@@ -29,6 +29,7 @@ from workers.audio import tts as tts_mod
 from workers.audio.asr import Transcriber
 from workers.audio.decode import AudioError, AudioInfo, AudioLimits, iter_blocks, probe
 from workers.audio.long_transcribe import ChunkedTranscription
+from workers.audio.metered import MeteredSession, MeteredWhisper
 from workers.audio.models import ASR_NAME, LABELS_FILE, VAD_NAME, VOICE_CONFIG, VOICE_NAME
 from workers.audio.streaming import TagAccumulator, vad_segments
 from workers.audio.taggers import Tagger, load_tagger
@@ -72,7 +73,7 @@ def tagger(name: str) -> tuple[Tagger, str]:
     if cached is None or cached[0] is not runner:
         try:
             made = load_tagger(runner.path, runner.path.parent / LABELS_FILE,
-                               session=runner.session)
+                               session=MeteredSession(runner.session, runner.name, "tag_window"))
         except (OSError, ValueError) as exc:  # e.g. `model=silero-vad`: no class map
             raise InvalidArgument.for_field("model", f"{runner.name} is not a sound tagger "
                                             f"({exc})") from exc
@@ -84,7 +85,8 @@ def vad() -> tuple[SileroVad, str]:
     global _vad
     runner = models().get(VAD_NAME)
     if _vad is None or _vad[0] is not runner:
-        _vad = (runner, SileroVad(runner.path, session=runner.session))
+        _vad = (runner, SileroVad(runner.path, session=MeteredSession(runner.session,
+                                                                      runner.name, "vad")))
     return _vad[1], runner.name
 
 
@@ -94,7 +96,9 @@ def transcriber() -> tuple[Transcriber, str]:
     label, folder = models().folder(ASR_NAME)
     if _asr is None or _asr[0] != label:
         threads = int(os.environ.get("JOBMESH_ORT_THREADS", "1"))
-        _asr = (label, Transcriber(folder, threads=threads))
+        t = Transcriber(folder, threads=threads)
+        t.model = MeteredWhisper(t.model, label)
+        _asr = (label, t)
     return _asr[1], label
 
 
@@ -102,8 +106,9 @@ def voice() -> tuple[tts_mod.Synthesizer, str]:
     global _voice
     runner = models().get(VOICE_NAME)
     if _voice is None or _voice[0] is not runner:
-        _voice = (runner, tts_mod.Synthesizer(runner.path, runner.path.parent / VOICE_CONFIG,
-                                              session=runner.session))
+        _voice = (runner, tts_mod.Synthesizer(
+            runner.path, runner.path.parent / VOICE_CONFIG,
+            session=MeteredSession(runner.session, runner.name, "piper")))
     return _voice[1], runner.name
 
 
@@ -164,8 +169,9 @@ def _blocks(ctx: JobContext, request: dict, rate: int = RATE,
 
 def _metered(stage: str):
     """Records a request's compute time (decode included) under the model that ran, as
-    `compute_duration_seconds{model, stage}`: the models here are called once per window
-    (thousands of tiny calls), so the useful figure is per request, not per call."""
+    `compute_duration_seconds{model, stage}` with the method as the stage (`tag`,
+    `transcribe`, ...); each model call is recorded too, under its own stage (`tag_window`,
+    `vad`, `whisper`, `piper`: `workers.audio.metered`)."""
 
     def wrap(fn):
         @functools.wraps(fn)
