@@ -71,6 +71,8 @@ class Settings(BaseSettings):
     audio_chunk_seconds: float = Field(default=600.0, ge=1)
     # Sync calls' inline inputs larger than this go to the worker through S3, not Redis (0: off).
     inline_stage_bytes: int = Field(default=256 * 1024, ge=0)
+    # Synthesized WAVs larger than this are stored as artifacts and returned by reference.
+    audio_inline_output_bytes: int = Field(default=4 * 1024 * 1024, ge=1024)
 
     # Cross-request batching of sync calls at the gateway (1 = off).
     coalesce_max_batch: int = Field(default=8, ge=1, le=256)

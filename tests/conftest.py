@@ -133,6 +133,10 @@ def textgen_stack(stack):
     return f"127.0.0.1:{port}"
 
 
+AUDIO_WORKER_ENV = {"JOBMESH_AUDIO_CHUNK_SECONDS": "4",
+                    "JOBMESH_AUDIO_INLINE_OUTPUT_BYTES": str(256 * 1024)}
+
+
 @pytest.fixture(scope="session")
 def audio_stack(stack):
     """YAMNet and silero VAD registered in the test registry, an audio gateway and worker."""
@@ -141,8 +145,9 @@ def audio_stack(stack):
 
     prepare(Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()}))
     port = free_port()
-    # Short chunks, so a SubmitTranscribe of a few seconds fans out over several tasks.
-    stack.start_worker("audio", extra_env={"JOBMESH_AUDIO_CHUNK_SECONDS": "4"})
+    # Short chunks, so a SubmitTranscribe of a few seconds fans out over several tasks; a low
+    # inline limit for synthesized audio, so a few sentences go by reference.
+    stack.start_worker("audio", extra_env=AUDIO_WORKER_ENV)
     stack.start_gateway("audio", port)
     stack.wait_consumers("audio.cpu", timeout=120)
     return f"127.0.0.1:{port}"

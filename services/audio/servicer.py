@@ -141,13 +141,18 @@ async def _vad_line(gw, request: pb.DetectSpeechRequest, tenant: str) -> dict:
     return await AudioServicer(gw).worker_request(request, convert.vad_options(request), tenant)
 
 
-batch_methods.register(batch_methods.BatchMethod(
-    "audio", "Tag", pb.TagRequest, convert.TAG_BATCH_TASK, _tag_line))
 async def _asr_line(gw, request: pb.TranscribeRequest, tenant: str) -> dict:
     return await AudioServicer(gw).worker_request(request, convert.asr_options(request), tenant)
 
 
-batch_methods.register(batch_methods.BatchMethod(
-    "audio", "DetectSpeech", pb.DetectSpeechRequest, convert.VAD_BATCH_TASK, _vad_line))
-batch_methods.register(batch_methods.BatchMethod(
-    "audio", "Transcribe", pb.TranscribeRequest, convert.ASR_BATCH_TASK, _asr_line))
+async def _tts_line(gw, request: pb.SynthesizeRequest, tenant: str) -> dict:
+    return convert.tts_request(request)
+
+
+for _method, _request, _batch_task, _prepare in (
+        ("Tag", pb.TagRequest, convert.TAG_BATCH_TASK, _tag_line),
+        ("DetectSpeech", pb.DetectSpeechRequest, convert.VAD_BATCH_TASK, _vad_line),
+        ("Transcribe", pb.TranscribeRequest, convert.ASR_BATCH_TASK, _asr_line),
+        ("Synthesize", pb.SynthesizeRequest, convert.TTS_BATCH_TASK, _tts_line)):
+    batch_methods.register(batch_methods.BatchMethod("audio", _method, _request, _batch_task,
+                                                     _prepare))

@@ -36,7 +36,8 @@ _METHODS: dict[tuple[str, str], BatchMethod] = {}
 
 # Every batchable method of the mesh, for error messages on a gateway that does not serve it.
 KNOWN = {"ocr": ("Recognize",), "textgen": ("Generate",), "audio": ("Tag", "DetectSpeech",
-                                                                          "Transcribe")}
+                                                                          "Transcribe",
+                                                                          "Synthesize")}
 
 
 def register(method: BatchMethod) -> None:

@@ -4,6 +4,7 @@ freedesktop sound theme)."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 import re
@@ -19,7 +20,7 @@ from jobmesh.audio.v1 import audio_service_pb2_grpc
 from jobmesh.jobs.v1 import job_pb2, job_service_pb2_grpc
 from jobmesh.jobs.v1 import job_service_pb2 as jobs_pb
 
-from tests.conftest import TENANT_KEY, auth
+from tests.conftest import AUDIO_WORKER_ENV, TENANT_KEY, auth
 from tests.integration.helpers import details
 
 pytestmark = pytest.mark.integration
@@ -237,6 +238,40 @@ def test_batch_of_files_through_the_cli(audio_stack, audio, tmp_path):
     assert r.stdout.splitlines()[0].endswith("Speech")
 
 
+def test_synthesize_lines_in_a_batch(audio, audio_stack, stack):
+    """CreateBatch runs Synthesize lines on the audio worker; a WAV over the inline limit
+    (256 KiB in the test worker: JOBMESH_AUDIO_INLINE_OUTPUT_BYTES) is stored beside the
+    batch's files and the line's response references it; a bad line is refused up front."""
+    from shared.client import Client, ClientSettings
+    from shared.client.errors import JobmeshClientError
+    from shared.config import Settings
+    from shared.storage.artifacts import ArtifactRef, ArtifactStore
+
+    long_text = " ".join(["The meeting has been moved to Thursday afternoon.",
+                          "Please call me back tomorrow morning."] * 2)
+    lines = [{"custom_id": "short", "body": {"text": "Your order has shipped."}},
+             {"custom_id": "long", "body": {"text": long_text, "lengthScale": 1.2}}]
+    manifest = "\n".join(json.dumps(x) for x in lines).encode() + b"\n"
+    with Client(ClientSettings(endpoint=audio_stack, api_key=TENANT_KEY), timeout_s=60) as c:
+        with pytest.raises(JobmeshClientError) as bad:
+            c.create_batch("audio", "Synthesize", b'{"custom_id": "x", "body": {"text": ""}}\n')
+        assert bad.value.code == grpc.StatusCode.INVALID_ARGUMENT and "line 1" in str(bad.value)
+        job = c.create_batch("audio", "Synthesize", manifest)
+        assert c.wait_job(job.name, 120).state == job_pb2.JOB_STATE_SUCCEEDED
+        _, out, errors = c.batch_results(job.name, "audio")
+    assert errors == []
+    rows = {x["custom_id"]: x["response"] for x in out}
+    short = sf.info(io.BytesIO(base64.b64decode(rows["short"]["audio"])))
+    assert short.samplerate == 22050 and 0.5 < short.duration < 5
+    ref = rows["long"]["audioRef"]
+    assert ref["key"].startswith(f"tenants/tenant-a/{job.name}/lines/speech-")
+    settings = Settings(**{k.removeprefix("JOBMESH_").lower(): v
+                           for k, v in stack.env.items()})
+    data = ArtifactStore.from_settings(settings).get_bytes(ArtifactRef(ref["bucket"], ref["key"]))
+    assert len(data) > 256 * 1024 and int(ref["size"]) == len(data)
+    assert sf.info(io.BytesIO(data)).duration == pytest.approx(rows["long"]["durationSeconds"])
+
+
 def test_transcribe_a_voice_clip_with_word_times(audio):
     stub, _ = audio
     pad = np.zeros(2 * 48000, np.float32)
@@ -367,7 +402,7 @@ def test_a_chunked_transcription_resumes_after_kill_9(audio, stack):
         time.sleep(0.05)
     assert stored is not None and stored < total, "the job finished before the kill"
     stack.kill("worker-audio")
-    stack.start_worker("audio", extra_env={"JOBMESH_AUDIO_CHUNK_SECONDS": "4"})
+    stack.start_worker("audio", extra_env=AUDIO_WORKER_ENV)
     done = jobs.WaitJob(jobs_pb.WaitJobRequest(name=job.name), metadata=auth(), timeout=120).job
     assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
     deliveries = {int(k): int(v) for k, v in redis.Redis.from_url(

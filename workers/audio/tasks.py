@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import base64
 import functools
+import hashlib
+import json
 import logging
 import os
 import time
@@ -22,9 +24,9 @@ from shared import metrics
 from shared.config import Settings
 from shared.errors import InvalidArgument, JobmeshError
 from shared.jobs.celery_app import make_celery
-from shared.jobs.worker_kit import JobContext, WorkerKit
+from shared.jobs.worker_kit import JobContext, LineContext, WorkerKit
 from shared.models.serving import ServedModels
-from shared.storage.artifacts import ArtifactRef
+from shared.storage.artifacts import ArtifactRef, tenant_key
 from workers.audio import tts as tts_mod
 from workers.audio.asr import Transcriber
 from workers.audio.decode import AudioError, AudioInfo, AudioLimits, iter_blocks, probe
@@ -49,7 +51,6 @@ _taggers: dict[str, tuple[object, Tagger]] = {}
 _vad: tuple[object, SileroVad] | None = None
 _asr: tuple[str, Transcriber] | None = None
 _voice: tuple[object, tts_mod.Synthesizer] | None = None
-INLINE_AUDIO_LIMIT = 4 * 1024 * 1024  # larger synthesized WAVs are stored with the job
 
 
 def models() -> ServedModels:
@@ -263,11 +264,23 @@ def synthesize_one(ctx: JobContext, request: dict) -> dict:
     data = tts_mod.to_wav(samples, s.sample_rate)
     out = {"sample_rate": s.sample_rate, "seconds": len(samples) / s.sample_rate,
            "model_version": version}
-    if len(data) <= INLINE_AUDIO_LIMIT:
+    if len(data) <= settings.audio_inline_output_bytes:  # else stored, returned by reference
         out["audio_b64"] = base64.b64encode(data).decode()
+    elif isinstance(ctx, LineContext):  # a CreateBatch line: beside the batch's files
+        out["audio_ref"] = _line_artifact(ctx, request, data).to_dict()
     else:
         out["audio_ref"] = ctx.put_artifact("speech.wav", data, "audio/wav").to_dict()
     return out
+
+
+def _line_artifact(ctx: LineContext, request: dict, data: bytes) -> ArtifactRef:
+    """A batch line's large WAV under the batch job (`.../jobs/<id>/lines/speech-<hash>.wav`,
+    removed with the job), named by the request so a rerun chunk overwrites its own files."""
+    digest = hashlib.sha256(json.dumps(request, sort_keys=True).encode()).hexdigest()[:24]
+    key = tenant_key(ctx.job.tenant, "jobs", ctx.job.id, "lines", f"speech-{digest}.wav")
+    ref = ctx.artifacts.put_bytes(settings.artifacts_bucket, key, data, "audio/wav")
+    ctx.store.track_artifact_expiry(ref.bucket, ref.key, ctx.job.expire_time)
+    return ref
 
 
 def _top(row: np.ndarray, labels: list[str], k: int) -> list[dict]:
