@@ -47,6 +47,11 @@ test-unit: $(STAMP) proto
 test-integration: $(STAMP) proto
 	$(PYTHON) -m pytest -q -p no:cacheprovider tests/integration
 
+.PHONY: test-slow
+test-slow: $(STAMP) proto  ## tests of minutes, outside `make test`: CoLoR-Filter's fine-tune job through the mesh
+	JOBMESH_SLOW_TESTS=1 $(PYTHON) -m pytest -q -p no:cacheprovider \
+	  tests/integration/test_curation_mesh.py::test_color_filter_with_a_fine_tuned_conditional_model
+
 run: $(STAMP) proto  ## the mesh in the foreground on embedded defaults; Ctrl-C stops it
 	$(PYTHON) -m shared.local run
 
@@ -82,7 +87,6 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.curation_data
 	$(PYTHON) -m bench.curation_mesh
 	$(PYTHON) -m bench.curation_detect
-	$(PYTHON) -m bench.curation_color
 	$(PYTHON) -m bench.curation_color
 	$(PYTHON) -m bench.compeft
 

@@ -22,10 +22,11 @@ MAX_SHARDS = 10_000
 MAX_STEPS = 32
 MAX_SCORE_TEXTS, MAX_SCORE_CHARS = 64, 100_000
 # Fine-tuning: inline texts travel in the task message, so they stay small; bigger samples go
-# as a shard. The token cap keeps one job inside the task time limit: ~150 tokens/s of training
-# on 2 CPU cores (bench/results/curation_color.md), plus ~30 s loading and ~60 s exporting.
+# as a shard. The token cap keeps one job inside the default task time limit (300 s) on quiet
+# cores: training ran at ~150 tokens/s (a step of 4 x 128 tokens in ~3.5 s, 2 cores), so 16,384
+# tokens take ~2 min, plus ~30 s loading the model and the export (docs/curation.md).
 MAX_TARGET_TEXTS, MAX_TARGET_CHARS = 2_000, 1_000_000
-MAX_FINETUNE_TOKENS = 32_768
+MAX_FINETUNE_TOKENS = 16_384
 REFERENCE_LM = "smollm2-135m-instruct"  # workers.textgen.export.MODEL_NAME
 # Step parameters naming a registry model ("name" or "name@version"); unset = REFERENCE_LM.
 MODEL_PARAMS = {"color_filter": ("prior_model", "conditional_model")}
@@ -165,7 +166,7 @@ def finetune_request(request: pb.SubmitFineTuneRequest) -> dict:
     if not 0 < lr < 1:
         raise InvalidArgument.for_field("learning_rate", "must be within (0, 1)")
     lora = {"rank": _bounded(request.lora_rank, 8, 1, 64, "lora_rank"),
-            "steps": _bounded(request.steps, 40, 1, 1000, "steps"),
+            "steps": _bounded(request.steps, 30, 1, 1000, "steps"),
             "seq_len": _bounded(request.seq_len, 128, 16, 1024, "seq_len"),
             "batch": _bounded(request.batch, 4, 1, 32, "batch"), "lr": lr}
     tokens = lora["steps"] * lora["batch"] * lora["seq_len"]

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import json
+import os
 import urllib.request
 
 import grpc
@@ -274,6 +275,10 @@ def _wait_long(channel, name: str, key: str, timeout: float = 600.0) -> job_pb2.
     raise AssertionError(f"{name} not done in {timeout} s")
 
 
+@pytest.mark.skipif(not os.environ.get("JOBMESH_SLOW_TESTS"),
+                    reason="minutes of CPU (SmolLM2 LoRA fine-tune, merge, ONNX export, two "
+                           "650 MB models through S3): make test-slow")
+@pytest.mark.timeout(1200)
 def test_color_filter_with_a_fine_tuned_conditional_model(cur, curation, stack):
     """SubmitFineTune (a tiny LoRA: 2 steps) registers a conditional model; a curation job's
     color_filter step scores with it and the prior and keeps the top half across two shards."""

@@ -190,7 +190,7 @@ def test_finetune_request_defaults():
     from services.curation.convert import finetune_request
 
     req = finetune_request(_finetune())
-    assert req["lora"] == {"rank": 8, "steps": 40, "seq_len": 128, "batch": 4, "lr": 1e-3}
+    assert req["lora"] == {"rank": 8, "steps": 30, "seq_len": 128, "batch": 4, "lr": 1e-3}
     assert req["texts"] == ["a b c"] and req["text_field"] == "text" and not req["serve"]
 
 
@@ -202,7 +202,7 @@ def test_finetune_request_defaults():
     ({"target_texts": ["x" * 1_000_001]}, "target_texts"),
     ({"lora_rank": 65}, "lora_rank"),
     ({"steps": -1}, "steps"),
-    ({"steps": 100, "batch": 4, "seq_len": 128}, "steps"),  # 51,200 tokens > 32,768
+    ({"steps": 40, "batch": 4, "seq_len": 128}, "steps"),  # 20,480 tokens > 16,384
     ({"seq_len": 8}, "seq_len"),
     ({"learning_rate": 2.0}, "learning_rate"),
     ({"text_field": "bad field"}, "text_field"),
