@@ -64,10 +64,11 @@ down:  ## stop what `make up` started
 status:
 	$(PYTHON) -m shared.local status
 
-models: $(STAMP) proto  ## register PP-OCR and the audio models; export+register SmolLM2
+models: $(STAMP) proto  ## register PP-OCR and the audio models; export+register SmolLM2, MiniLM
 	$(PYTHON) -m shared.models.importer
 	$(PYTHON) -m workers.audio.models
 	$(PYTHON) -m workers.textgen.export --register
+	$(PYTHON) -m workers.curation.embeddings --register
 
 bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	@command -v tesseract >/dev/null || { apt-get install -y -q tesseract-ocr tesseract-ocr-eng \

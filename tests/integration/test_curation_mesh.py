@@ -56,12 +56,14 @@ def curation_address(stack):
     from shared.config import Settings
     from shared.models.registry import ModelRegistry
     from shared.storage.artifacts import ArtifactStore
+    from workers.curation.embeddings import register_embedding_model
     from workers.textgen.export import register_textgen_model
 
     # The reference LM of the lm_perplexity / llm_detect steps and of ScoreTexts.
     settings = Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()})
-    register_textgen_model(ModelRegistry(ArtifactStore.from_settings(settings),
-                                         settings.models_bucket))
+    registry = ModelRegistry(ArtifactStore.from_settings(settings), settings.models_bucket)
+    register_textgen_model(registry)
+    register_embedding_model(registry)  # embed_dedup and domain_cluster
     # 300 s: the fine-tune job loads SmolLM2 (~30 s) and exports it (~60 s) on busy cores.
     stack.start_worker("curation", extra_env={"JOBMESH_TASK_TIME_LIMIT_S": "300",
                                               "JOBMESH_VISIBILITY_TIMEOUT_S": "600"})
@@ -314,18 +316,7 @@ def test_color_filter_with_a_fine_tuned_conditional_model(cur, curation, stack):
     assert (summary.documents_in, summary.documents_kept) == (8, 4)
     assert dict(summary.steps[0].reasons) == {"color_filter:below_cut": 4}
     # The cut is global: every kept document scores at least every removed one.
-    from shared.config import Settings
-    from shared.storage.artifacts import ArtifactRef, ArtifactStore
-
-    store = ArtifactStore.from_settings(
-        Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()}))
-    kept, removed = [], []
-    for o in summary.outputs:
-        kept += [json.loads(line) for line in gzip.decompress(store.get_bytes(
-            ArtifactRef(o.bucket, o.key))).splitlines()]
-        removed += [json.loads(line) for line in store.get_bytes(ArtifactRef(
-            o.bucket, f"{summary.output_prefix}removed/{o.key.rsplit('/', 1)[1]}.jsonl"
-        )).splitlines()]
+    kept, removed = _outputs(stack, summary)
     assert len(kept) == len(removed) == 4
     for r in removed:
         assert r["reason"] == f"color_filter:below_cut:{r['color_score']:.4f}"
@@ -338,3 +329,99 @@ def test_color_filter_with_a_fine_tuned_conditional_model(cur, curation, stack):
                            threshold=0.0)]), metadata=auth(), timeout=30)
     assert err.value.code() == grpc.StatusCode.NOT_FOUND
     assert "pipeline[0].conditional_model" in err.value.details()
+
+
+def _outputs(stack, summary) -> tuple[list[dict], list[dict]]:
+    """The curated and the removed documents of a run, read back from the S3 server."""
+    from shared.config import Settings
+    from shared.storage.artifacts import ArtifactRef, ArtifactStore
+
+    store = ArtifactStore.from_settings(
+        Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()}))
+    kept, removed = [], []
+    for o in summary.outputs:
+        kept += [json.loads(line) for line in gzip.decompress(store.get_bytes(
+            ArtifactRef(o.bucket, o.key))).splitlines()]
+        removed += [json.loads(line) for line in store.get_bytes(ArtifactRef(
+            o.bucket, f"{summary.output_prefix}removed/{o.key.rsplit('/', 1)[1]}.jsonl"
+        )).splitlines()]
+    return kept, removed
+
+
+def test_embed_dedup_and_domain_cluster_with_the_registered_minilm(cur, curation, stack):
+    """An edited and a reordered copy of two paragraphs, planted in the other shard, are
+    removed as near-duplicates of their originals (MiniLM ONNX from the registry, cosine 0.99
+    against at most 0.79 between distinct paragraphs); domain_cluster labels what stays."""
+    paras = paragraphs()[:12]
+    edited = paras[3].split()
+    edited[5:7] = ["altered", "words"]
+    sentences = paras[5].split(". ")
+    docs_a = [{"id": f"a{n}", "text": t} for n, t in enumerate(paras[:6])]
+    docs_b = [{"id": f"b{n}", "text": t} for n, t in enumerate(paras[6:])] + [
+        {"id": "b-edited", "text": " ".join(edited)},
+        {"id": "b-reordered", "text": ". ".join(sentences[1:] + sentences[:1])}]
+    upload(cur, "it/embed/in/a.jsonl.gz", shard(docs_a))
+    upload(cur, "it/embed/in/b.jsonl.gz", shard(docs_b))
+    done = wait(curation, cur.SubmitCurate(pb.SubmitCurateRequest(
+        input_prefix="it/embed/in", output_prefix="it/embed/out",
+        pipeline=[step("embed_dedup", threshold=0.9), step("domain_cluster", k=3)]),
+        metadata=auth(), timeout=30).job)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    summary = job_response(done)
+    assert (summary.documents_in, summary.documents_kept) == (14, 12)
+    steps = {s.step: s for s in summary.steps}
+    assert dict(steps["embed_dedup"].reasons) == {"embed_dedup:duplicate": 2}
+    assert (steps["domain_cluster"].kept, steps["domain_cluster"].removed) == (12, 0)
+    kept, removed = _outputs(stack, summary)
+    assert {r["id"]: r["reason"] for r in removed} == {
+        "b-edited": "embed_dedup:duplicate_of:a.jsonl.gz/a3",
+        "b-reordered": "embed_dedup:duplicate_of:a.jsonl.gz/a5"}
+    assert len(kept) == 12 and {k["cluster"] for k in kept} == {0, 1, 2}
+    listed = {s.step: s for s in cur.ListSteps(pb.ListStepsRequest(), metadata=auth(),
+                                               timeout=10).steps}
+    for name, kind, param in (("embed_dedup", "dedup", "threshold"),
+                              ("domain_cluster", "annotate", "k"),
+                              ("drain_templates", "dedup", "dedup_by_template")):
+        assert listed[name].kind == kind
+        assert param in json.loads(listed[name].params_schema)["properties"]
+
+
+def test_drain_templates_over_loghub_hdfs_lines_in_two_shards(cur, curation, stack):
+    """Raw Loghub HDFS lines, split over two shards: one Drain pass over both keeps the first
+    record of each template, gives every kept record its template and parameters, and the
+    report counts the records per template."""
+    from workers.curation import log_steps, loghub
+    from workers.curation.documents import Document
+    from workers.curation.steps import DrainTemplatesStep
+
+    path = loghub.default_root() / "HDFS" / "HDFS_2k.log"
+    if not path.is_file():
+        pytest.skip(f"{path} is missing (the Loghub 2k samples)")
+    lines = path.read_text(encoding="utf-8").splitlines()[:80]
+    upload(cur, "it/logs/in/a.jsonl.gz", shard([{"id": f"{n}", "text": t}
+                                                for n, t in enumerate(lines[:40])]))
+    upload(cur, "it/logs/in/b.jsonl.gz", shard([{"id": f"{n}", "text": t}
+                                                for n, t in enumerate(lines[40:], 40)]))
+    done = wait(curation, cur.SubmitCurate(pb.SubmitCurateRequest(
+        input_prefix="it/logs/in", output_prefix="it/logs/out",
+        pipeline=[step("drain_templates", system="HDFS", dedup_by_template=True)]),
+        metadata=auth(), timeout=30).job)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    summary = job_response(done)
+    # The same pass in-process gives the templates the mesh must have found.
+    spec = DrainTemplatesStep(system="HDFS", dedup_by_template=True)
+    contents = log_steps.contents(spec, [Document(str(n), t) for n, t in enumerate(lines)])
+    _, expected, report = log_steps.mine(spec, dict(enumerate(contents)))
+    assert summary.documents_in == 80 and summary.documents_kept == len(expected) >= 3
+    kept, removed = _outputs(stack, summary)
+    assert sorted(int(k["id"]) for k in kept) == sorted(expected)
+    for k in kept:
+        assert (k["template"], k["parameters"]) == (expected[int(k["id"])]["template"],
+                                                    expected[int(k["id"])]["parameters"])
+    assert all(r["reason"].startswith("drain_templates:duplicate_template:") for r in removed)
+    got = cur.GetReport(pb.GetReportRequest(name=done.name), metadata=auth(), timeout=10)
+    html = urllib.request.urlopen(got.report_html_url, timeout=10).read().decode()
+    assert "Log templates (drain_templates)" in html
+    top = report["templates"][0]
+    assert f"<td>{top['count']:,}</td><td>1</td>" in html and sum(
+        t["count"] for t in report["templates"]) == 80

@@ -28,16 +28,16 @@ import numpy as np
 
 from workers.curation.dedup import UnionFind
 from workers.curation.documents import Document
+from workers.curation.embeddings import MODEL_NAME, Embedder
 
+MODEL = MODEL_NAME  # the embedding model's registry name
 DIMENSION = 384
 _BLOCK = 2048  # rows per block: a 2048 x 2048 float32 similarity block is 16 MiB
-_embedders: dict[tuple[str, int], object] = {}
+_embedders: dict[tuple[str, int], Embedder] = {}
 
 
 def embedder(folder: Path, batch_size: int = 32):
     """The process's `Embedder` for an export folder (loaded once: an ORT session costs ~1 s)."""
-    from workers.curation.embeddings import Embedder
-
     key = (str(folder), batch_size)
     if key not in _embedders:
         _embedders[key] = Embedder(folder, batch_size=batch_size)
@@ -118,3 +118,34 @@ def kmeans(vectors: np.ndarray, k: int, *, iterations: int = 20, seed: int = 0
                 mean = members.sum(axis=0)
                 centres[c] = mean / max(float(np.linalg.norm(mean)), 1e-12)
     return labels, centres
+
+
+def deduplicate(step, vectors_by_doc: dict[str, str]
+                ) -> tuple[dict[str, tuple[str, str]], dict[str, dict], dict]:
+    """The `embed_dedup` global pass, in the shape of pipeline.GLOBAL_PASSES: (removed: doc id
+    -> ("duplicate", "duplicate_of:<kept id>"), metadata: none, report: {clusters: how many
+    near-duplicate clusters})."""
+    groups = near_duplicate_groups(vectors_by_doc, step.threshold)
+    removed = {d: ("duplicate", f"duplicate_of:{kept}") for d, kept in groups.items()
+               if d != kept}
+    return removed, {}, {"clusters": len(set(groups.values()))}
+
+
+def cluster(step, vectors_by_doc: dict[str, str]
+            ) -> tuple[dict[str, tuple[str, str]], dict[str, dict], dict]:
+    """The `domain_cluster` global pass: k-means over the documents in id order. Returns
+    (removed: none, metadata: doc id -> {cluster, cluster_similarity (cosine to the centroid,
+    4 decimals)}, report: {clusters: [{cluster, size, example (the id nearest the centroid)}]})."""
+    ids = sorted(vectors_by_doc)
+    vectors = decode([vectors_by_doc[d] for d in ids])
+    labels, centres = kmeans(vectors, step.k, iterations=step.iterations, seed=step.seed)
+    sims = np.einsum("ij,ij->i", vectors, centres[labels]) if len(ids) else np.zeros(0)
+    metadata = {d: {"cluster": int(c), "cluster_similarity": round(float(s), 4)}
+                for d, c, s in zip(ids, labels, sims, strict=True)}
+    clusters = []
+    for c in range(len(centres)):
+        members = np.flatnonzero(labels == c)
+        if len(members):
+            best = members[np.argmax(sims[members])]
+            clusters.append({"cluster": c, "size": int(len(members)), "example": ids[best]})
+    return {}, metadata, {"clusters": clusters}

@@ -25,7 +25,8 @@ from workers.curation import loghub
 from workers.curation.documents import Document
 from workers.curation.logs import MinerSettings, TemplateMiner, dedup_by_template
 
-REPORT_TEMPLATES = 1000  # the report lists at most this many templates, the most frequent
+DUPLICATE = "duplicate_template"  # the removal reason
+REPORT_TEMPLATES = 100  # templates in the report (and the job result), the most frequent
 
 
 def miner_settings(step) -> MinerSettings:
@@ -53,18 +54,19 @@ def contents(step, docs: Sequence[Document]) -> list[str]:
 
 
 def mine(step, contents_by_doc: dict[str, str]
-         ) -> tuple[dict[str, str], dict[str, dict], dict]:
+         ) -> tuple[dict[str, tuple[str, str]], dict[str, dict], dict]:
     """One Drain pass over every record, in the dict's order. Returns (removed: doc id ->
-    `duplicate_template:<template id>` for the records past `keep_per_template` when
+    ("duplicate_template", "duplicate_template:<template id>") for the records past
+    `keep_per_template` when
     `dedup_by_template`; metadata: doc id -> {template, template_id, parameters} for every kept
     record; report: {templates_total, templates: [{id, template, count, kept}] (the
     REPORT_TEMPLATES most frequent, most frequent first)})."""
     ids = list(contents_by_doc)
     parsed = TemplateMiner(miner_settings(step)).parse_all([contents_by_doc[d] for d in ids])
-    removed: dict[str, str] = {}
+    removed: dict[str, tuple[str, str]] = {}
     if step.dedup_by_template:
         _, dropped = dedup_by_template(parsed, step.keep_per_template)
-        removed = {ids[i]: f"duplicate_template:{parsed[i].template_id}" for i in dropped}
+        removed = {ids[i]: (DUPLICATE, f"{DUPLICATE}:{parsed[i].template_id}") for i in dropped}
     metadata = {doc_id: {"template": p.template, "template_id": p.template_id,
                          "parameters": p.parameters}
                 for doc_id, p in zip(ids, parsed, strict=True) if doc_id not in removed}

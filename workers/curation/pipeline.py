@@ -1,9 +1,11 @@
 """One curation run, as pure functions over documents: the shard stage and the global stage.
 
 Shard stage (`process_shard`, one task per shard, in parallel): every per-document filter step
-in pipeline order, then for each global step (dedup, select) the key, signature or score of each
-kept document. Global stage (`global_duplicates`, once, after every shard): the global steps over
-all shards' keys, in pipeline order, each over the documents the previous one kept.
+in pipeline order, then for each global step (dedup, select, annotate) the key, signature,
+score, embedding or log message of each kept document. Global stage (`global_stage`, once,
+after every shard): the global steps over all shards' keys, in pipeline order, each over the
+documents the previous one kept; besides removals, a global step may add metadata to the
+documents it keeps (drain_templates, domain_cluster) and report more than counts.
 
 So global steps always run after the filter steps, whatever their place in the list: a duplicate
 is decided among documents that passed every filter (the order datatrove's and NeMo Curator's
@@ -22,12 +24,27 @@ from pathlib import Path
 
 import numpy as np
 
-from workers.curation import color, dedup
+from workers.curation import color, dedup, embed_dedup, log_steps
 from workers.curation.documents import Document
 from workers.curation.filters import build_filter, run_filters
-from workers.curation.steps import ColorFilterStep, ExactDedupStep, MinhashDedupStep, StepSpec
+from workers.curation.steps import (
+    ColorFilterStep,
+    DomainClusterStep,
+    DrainTemplatesStep,
+    EmbedDedupStep,
+    ExactDedupStep,
+    MinhashDedupStep,
+    StepSpec,
+)
 
-GLOBAL_KINDS = ("dedup", "select")
+# "annotate": adds metadata to documents (domain_cluster), removes none.
+GLOBAL_KINDS = ("dedup", "select", "annotate")
+# The global pass of the steps whose logic lives in their own module: (step, doc id -> shard
+# value) -> (removed: doc id -> (why, reason), counted as `<step>.removed:<why>`, the document
+# removed with `<step>:<reason>`; metadata: doc id -> fields added to the kept document;
+# report: what the run report shows of the step, {} for nothing).
+GLOBAL_PASSES = {EmbedDedupStep: embed_dedup.deduplicate, DomainClusterStep: embed_dedup.cluster,
+                 DrainTemplatesStep: log_steps.mine}
 
 # Fixed (log-spaced) bins of document length in words, so shards' histograms add up.
 WORD_BINS = [0, 10, 30, 100, 300, 1000, 3000, 10_000, 100_000, 10**9]
@@ -42,6 +59,17 @@ class ShardOutcome:
     # or CoLoR score (repr of the float; "nan" for a text too short to score).
     keys: dict[str, dict[str, str]] = field(default_factory=dict)
     histograms: dict[str, list[int]] = field(default_factory=dict)
+
+
+@dataclass
+class GlobalOutcome:
+    removed: dict[str, str]  # doc id -> reason, e.g. `exact_dedup:duplicate_of:<id>`
+    stats: Counter  # "<step>.kept", "<step>.removed:<why>"
+    # doc id -> fields a global step adds to a kept document's metadata (drain_templates:
+    # template, template_id, parameters; domain_cluster: cluster, cluster_similarity).
+    metadata: dict[str, dict] = field(default_factory=dict)
+    # Per step with more to show than counts: {"step": name, ...} (templates, clusters).
+    reports: list[dict] = field(default_factory=list)
 
 
 def filter_steps(steps: list[StepSpec]) -> list[StepSpec]:
@@ -90,6 +118,14 @@ def process_shard(docs: list[Document], steps: list[StepSpec],
             kept = [dataclasses.replace(d, metadata={**d.metadata, color.METADATA_KEY:
                                                      round(v, 6) if math.isfinite(v) else None})
                     for d, v in zip(kept, scores, strict=True)]
+        elif isinstance(step, EmbedDedupStep | DomainClusterStep):
+            if model_folder is None:
+                raise ValueError(f"{step.step} needs the embedding model, and no model_folder "
+                                 "was given")
+            values = embed_dedup.encode(kept, model_folder(embed_dedup.MODEL),
+                                        step.max_chars, step.batch_size)
+        elif isinstance(step, DrainTemplatesStep):
+            values = log_steps.contents(step, kept)
         elif isinstance(step, ExactDedupStep):
             values = dedup.exact_keys(kept)
         elif isinstance(step, MinhashDedupStep):
@@ -105,11 +141,19 @@ def process_shard(docs: list[Document], steps: list[StepSpec],
 
 def global_duplicates(steps: list[StepSpec], keys: list[dict[str, dict[str, str]]]
                       ) -> tuple[dict[str, str], Counter]:
-    """doc id -> reason (e.g. `exact_dedup:duplicate_of:<id>`,
-    `color_filter:below_cut:<score>`) for every document a global step removes, given each
-    shard's `ShardOutcome.keys`; and the steps' stats."""
+    """`global_stage`'s removals and stats."""
+    outcome = global_stage(steps, keys)
+    return outcome.removed, outcome.stats
+
+
+def global_stage(steps: list[StepSpec], keys: list[dict[str, dict[str, str]]]
+                 ) -> GlobalOutcome:
+    """The global steps over each shard's `ShardOutcome.keys`: doc id -> reason (e.g.
+    `exact_dedup:duplicate_of:<id>`, `color_filter:below_cut:<score>`) for every document a
+    global step removes, the steps' stats, metadata for kept documents, the steps' reports."""
     removed: dict[str, str] = {}
     stats: Counter = Counter()
+    outcome = GlobalOutcome(removed, stats)
     for index, step in global_steps(steps):
         merged = {doc_id: value for shard in keys for doc_id, value in
                   shard.get(str(index), {}).items() if doc_id not in removed}
@@ -120,6 +164,9 @@ def global_duplicates(steps: list[StepSpec], keys: list[dict[str, dict[str, str]
             stats[f"{step.step}.kept"] += len(merged) - len(cut)
             if cut:
                 stats[f"{step.step}.removed:{color.REASON}"] += len(cut)
+            continue
+        if type(step) in GLOBAL_PASSES:
+            _apply_pass(step, merged, outcome)
             continue
         if isinstance(step, ExactDedupStep):
             groups = dedup.duplicate_groups(merged)
@@ -135,4 +182,16 @@ def global_duplicates(steps: list[StepSpec], keys: list[dict[str, dict[str, str]
         stats[f"{step.step}.kept"] += len(merged) - dropped
         if dropped:
             stats[f"{step.step}.removed:duplicate"] += dropped
-    return removed, stats
+    return outcome
+
+
+def _apply_pass(step: StepSpec, merged: dict[str, str], outcome: GlobalOutcome) -> None:
+    dropped, metadata, report = GLOBAL_PASSES[type(step)](step, merged)
+    for doc_id, (why, reason) in dropped.items():
+        outcome.removed[doc_id] = f"{step.step}:{reason}"
+        outcome.stats[f"{step.step}.removed:{why}"] += 1
+    outcome.stats[f"{step.step}.kept"] += len(merged) - len(dropped)
+    for doc_id, fields in metadata.items():
+        outcome.metadata.setdefault(doc_id, {}).update(fields)
+    if report:
+        outcome.reports.append({"step": step.step, **report})

@@ -94,5 +94,30 @@ in {summary.get('seconds', 0):.1f} s. Output: <code>{html.escape(
 {_bars("Documents kept and removed per step", flow)}
 {_bars("Removed documents by reason", [(k, v, "#c0392b") for k, v in merged.items()])}
 {_bars("Document length (words): all documents and kept documents", length_rows)}
+{_step_reports(summary.get("step_reports", []))}
 </body></html>
 """
+
+
+TEMPLATE_ROWS = 50
+
+
+def _step_reports(reports: list[dict]) -> str:
+    """What global steps show beyond counts: drain_templates' most frequent templates (a
+    table), domain_cluster's cluster sizes (bars, each labelled with its most central
+    document)."""
+    parts = []
+    for r in reports:
+        step = html.escape(r["step"])
+        if "templates" in r:
+            rows = "".join(f"<tr><td>{t['id']}</td><td>{t['count']:,}</td><td>{t['kept']:,}</td>"
+                           f"<td style=\"text-align:left\"><code>{html.escape(t['template'])}"
+                           "</code></td></tr>" for t in r["templates"][:TEMPLATE_ROWS])
+            parts.append(f"<h2>Log templates ({step})</h2><p>{r['templates_total']:,} templates"
+                         f", the most frequent first.</p><table><tr><th>id</th><th>records</th>"
+                         f"<th>kept</th><th>template</th></tr>{rows}</table>")
+        elif isinstance(r.get("clusters"), list):
+            parts.append(_bars(f"Documents per cluster ({r['step']})", [
+                (f"{c['cluster']}: {c['example']}", c["size"], "#2980b9")
+                for c in r["clusters"]]))
+    return "\n".join(parts)

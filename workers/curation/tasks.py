@@ -19,6 +19,7 @@ A SubmitCurate job runs as a fan-out:
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import logging
@@ -45,7 +46,7 @@ from shared.models.serving import ServedModels
 from shared.storage.artifacts import ArtifactRef, tenant_key
 from workers.curation import report
 from workers.curation.documents import Document
-from workers.curation.pipeline import global_duplicates, needs_lm, order_note, process_shard
+from workers.curation.pipeline import global_stage, needs_lm, order_note, process_shard
 from workers.curation.shards import ShardError, read_shard, write_shard
 from workers.curation.steps import PipelineError, parse_pipeline
 from workers.textgen.export import MODEL_NAME as LM_NAME
@@ -247,7 +248,9 @@ def _run_shard(job: JobRecord, plan: dict, shard: dict) -> None:
     art.put_bytes(layout.bucket, layout.work(shard, "removed.jsonl"),
                   _jsonl([d for d, _ in outcome.removed], [r for _, r in outcome.removed]),
                   "application/jsonl")
-    _put_json(layout.work(shard, "keys.json"), outcome.keys)
+    # In document order, not sorted: drain_templates reads the records in input order.
+    art.put_bytes(layout.bucket, layout.work(shard, "keys.json"),
+                  json.dumps(outcome.keys).encode(), "application/json")
     # The marker last: it promises the work files above are complete.
     _put_json(layout.marker(shard), {
         "pipeline_hash": plan["pipeline_hash"], "input": _input_fingerprint(shard),
@@ -256,6 +259,11 @@ def _run_shard(job: JobRecord, plan: dict, shard: dict) -> None:
 
 def _dedup_id(shard: dict, doc_id: str) -> str:
     return f"{shard['name']}/{doc_id}"
+
+
+def _with(doc: Document, fields: dict | None) -> Document:
+    """`doc` with the metadata a global step gave it (template, cluster) on top."""
+    return dataclasses.replace(doc, metadata={**doc.metadata, **fields}) if fields else doc
 
 
 def _maybe_finalize(job: JobRecord) -> None:
@@ -304,8 +312,9 @@ def _write_outputs(job: JobRecord, plan: dict) -> tuple[dict, list[dict]]:
     shards = plan["shards"]
     markers = [_get_json(layout.marker(s)) for s in shards]
     keys = [_get_json(layout.work(s, "keys.json")) or {} for s in shards]
-    duplicates, dedup_stats = global_duplicates(steps, keys)
-    stats: dict[str, int] = dict(dedup_stats)
+    outcome = global_stage(steps, keys)
+    duplicates = outcome.removed
+    stats: dict[str, int] = dict(outcome.stats)
     histograms: dict[str, list[int]] = {}
     outputs, kept_total = [], 0
     for shard, marker in zip(shards, markers, strict=True):
@@ -318,7 +327,8 @@ def _write_outputs(job: JobRecord, plan: dict) -> tuple[dict, list[dict]]:
             shard, "kept.jsonl"))), "kept.jsonl")
         removed_raw = art.get_bytes(ArtifactRef(layout.bucket, layout.work(shard,
                                                                            "removed.jsonl")))
-        final = [d for d in kept if _dedup_id(shard, d.id) not in duplicates]
+        final = [_with(d, outcome.metadata.get(_dedup_id(shard, d.id)))
+                 for d in kept if _dedup_id(shard, d.id) not in duplicates]
         dups = [d for d in kept if _dedup_id(shard, d.id) in duplicates]
         kept_total += len(final)
         ref = art.put_bytes(layout.bucket, layout.output_shard(shard),
@@ -340,6 +350,7 @@ def _write_outputs(job: JobRecord, plan: dict) -> tuple[dict, list[dict]]:
         "output_prefix": layout.output, "outputs": outputs,
         "seconds": round(time.time() - plan["started"], 2), "histograms": histograms,
         "notes": [n for n in [order_note(steps)] if n],
+        "step_reports": outcome.reports,
     }
     refs = []
     for name, body, ctype in (("report.json", report.to_json(summary), "application/json"),
