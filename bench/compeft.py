@@ -29,82 +29,35 @@ from pathlib import Path
 from bench import machine
 from bench.report import publish
 from workers.compression import compeft
+from workers.compression.evaluate.dep5 import (
+    MAX_CHARS,
+    SPLIT_SEED,
+    TEST_FRACTION,
+    VALIDATION_FRACTION,
+    copyright_documents,
+    split_documents,
+)
 from workers.compression.lora import (
     LoraConfig,
     adapter_parameters,
     initial_adapter,
     load_adapter,
+    safetensors_bytes,
     save_adapter,
+    spread_blocks,
     task_loss,
     token_blocks,
     train_lora,
 )
 
-DOC_DIR = Path("/usr/share/doc")
-MAX_CHARS = 2000  # head of each file: the DEP-5 header and Files stanzas, less pasted licence
-SPLIT_SEED = 0
-TEST_FRACTION = VALIDATION_FRACTION = 0.1
 DENSITIES = (0.05, 0.1, 0.15, 0.2, 0.3)
 ALPHAS = (1, 2, 4, 8)
 REFINE = 2  # tune_alpha rounds after the grid: alpha found within a factor 2^(1/8)
 GOAL_RATIO, GOAL_LOSS = 8.0, 0.02
 
 
-def copyright_documents() -> list[tuple[str, str]]:
-    """(package, text) of every /usr/share/doc/*/copyright in DEP-5 format (first line
-    `Format: ...`), exact duplicates (shared or symlinked files) once under the first package
-    name in sorted order, each cut to MAX_CHARS at a line end."""
-    seen: set[str] = set()
-    docs = []
-    for path in sorted(DOC_DIR.glob("*/copyright")):
-        try:
-            text = path.read_text(encoding="utf-8", errors="replace")
-        except OSError:
-            continue
-        if not text.startswith("Format:"):
-            continue
-        digest = hashlib.sha256(text.encode()).hexdigest()
-        if digest in seen:
-            continue
-        seen.add(digest)
-        head = text[:MAX_CHARS]
-        if len(text) > MAX_CHARS and "\n" in head:
-            head = head.rsplit("\n", 1)[0]
-        docs.append((path.parent.name, head))
-    if len(docs) < 30:
-        raise RuntimeError(f"only {len(docs)} DEP-5 copyright files under {DOC_DIR}")
-    return docs
-
-
-def split_of(text: str, seed: int = SPLIT_SEED) -> str:
-    """A file's split from a seeded hash of its content: stable when packages are installed or
-    removed (the set under /usr/share/doc changes as other work installs packages), and equal
-    contents always land in the same split."""
-    point = int(hashlib.sha256(f"{seed}:{text}".encode()).hexdigest()[:8], 16) / 2 ** 32
-    if point < TEST_FRACTION:
-        return "test"
-    return "validation" if point < TEST_FRACTION + VALIDATION_FRACTION else "train"
-
-
-def split_documents(docs: list[tuple[str, str]], seed: int = SPLIT_SEED) -> dict[str, list]:
-    """Whole files to train / validation / test by `split_of`, in package-name order."""
-    out: dict[str, list] = {"train": [], "validation": [], "test": []}
-    for package, text in docs:
-        out[split_of(text, seed)].append((package, text))
-    return out
-
-
 def _digest(docs: list[tuple[str, str]]) -> str:
     return hashlib.sha256(json.dumps(docs).encode()).hexdigest()[:12]
-
-
-def _spread(blocks, n: int):
-    """n blocks evenly spaced over all of them, so that every part of the split is seen."""
-    import torch
-
-    if n >= blocks.shape[0]:
-        return blocks
-    return blocks[torch.linspace(0, blocks.shape[0] - 1, n).round().long()]
 
 
 def adapter_dir() -> Path:
@@ -143,12 +96,6 @@ def trained_adapter(model, train, train_docs: list, cfg: LoraConfig, key: str,
     return adapter, facts
 
 
-def _safetensors_bytes(adapter, dtype) -> int:
-    from safetensors.torch import save
-
-    return len(save({k: v.to(dtype).contiguous() for k, v in adapter.items()}))
-
-
 def _timed(label: str, fn):
     started = time.perf_counter()
     value = fn()
@@ -183,8 +130,8 @@ def main(argv: list[str] | None = None) -> int:
     print(f"model loaded ({time.perf_counter() - started:.0f} s)", flush=True)
     texts = {name: [text for _, text in part] for name, part in split.items()}
     train = token_blocks(tok, texts["train"], cfg.seq_len)
-    val = _spread(token_blocks(tok, texts["validation"], cfg.seq_len), args.val_blocks)
-    test = _spread(token_blocks(tok, texts["test"], cfg.seq_len), args.test_blocks)
+    val = spread_blocks(token_blocks(tok, texts["validation"], cfg.seq_len), args.val_blocks)
+    test = spread_blocks(token_blocks(tok, texts["test"], cfg.seq_len), args.test_blocks)
     # The key leaves out which files there are: an adapter trained before packages were added
     # is still disjoint from today's test files (split_of), so it is reused and the difference
     # reported.
@@ -196,8 +143,8 @@ def main(argv: list[str] | None = None) -> int:
 
     adapter, trained = trained_adapter(model, train, split["train"], cfg, key, args.retrain)
     initial = initial_adapter(model, cfg)
-    sizes = {"fp32": _safetensors_bytes(adapter, torch.float32),
-             "fp16": _safetensors_bytes(adapter, torch.float16)}
+    sizes = {"fp32": safetensors_bytes(adapter, torch.float32),
+             "fp16": safetensors_bytes(adapter, torch.float16)}
     print("test loss:", flush=True)
     base, base_s = _timed("base model", lambda: task_loss(model, test, None, cfg))
     base_val, _ = _timed("base model, validation", lambda: task_loss(model, val, None, cfg))

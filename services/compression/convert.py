@@ -25,7 +25,11 @@ RECIPES = {
     "fp16": "float16 weights and compute, float32 inputs/outputs (for GPU serving)",
     "sparse_2_4": "2:4 semi-structured pruning of MatMul weights (magnitude or Wanda)",
     "tensorrt": "TensorRT engine through ONNX Runtime's TensorRT execution provider (GPU)",
+    "compeft": "ComPEFT for LoRA adapters: top-k by magnitude, signs and one scale per tensor, "
+               "alpha tuned on validation text",
 }
+ADAPTER_RECIPES = ("compeft",)  # the recipes for `peft-lora` entries; the others need ONNX
+MAX_ALPHAS, MAX_VALIDATION_CHARS = 16, 1 << 20
 _CALIBRATIONS = {pb.Int8Static.CALIBRATION_UNSPECIFIED: "percentile",
                  pb.Int8Static.CALIBRATION_PERCENTILE: "percentile",
                  pb.Int8Static.CALIBRATION_MINMAX: "minmax",
@@ -74,7 +78,40 @@ def recipe_to_dict(r: pb.Recipe) -> dict:
         if r.sparse_2_4.method not in _METHODS:
             raise InvalidArgument.for_field("recipe.sparse_2_4.method", "is not a known method")
         return {"name": kind, "method": _METHODS[r.sparse_2_4.method], "include": include}
+    if kind == "compeft":
+        return _compeft(r.compeft)
     return {"name": "tensorrt", "fp16": r.tensorrt.fp16}
+
+
+def _compeft(c: pb.ComPEFT) -> dict:
+    """The recipe without its inline texts (they travel beside it, `validation_texts`); their
+    sha256 stands in, so the derived version still changes with them."""
+    field = "recipe.compeft"
+    density = c.density or 0.3
+    if not (math.isfinite(density) and 0 < density <= 1):
+        raise InvalidArgument.for_field(f"{field}.density", "must be in (0, 1] (0 = 0.3)")
+    if len(c.alphas) > MAX_ALPHAS:
+        raise InvalidArgument.for_field(f"{field}.alphas", f"at most {MAX_ALPHAS} values")
+    for n, alpha in enumerate(c.alphas):
+        if not (math.isfinite(alpha) and 0 < alpha <= 1e4):
+            raise InvalidArgument.for_field(f"{field}.alphas[{n}]", "must be in (0, 10000]")
+    if sum(len(t) for t in c.validation_texts) > MAX_VALIDATION_CHARS:
+        raise InvalidArgument.for_field(f"{field}.validation_texts",
+                                        f"over {MAX_VALIDATION_CHARS} characters in all")
+    ref = c.validation_ref
+    if c.validation_texts and (ref.bucket or ref.key):
+        raise InvalidArgument.for_field(f"{field}.validation_ref",
+                                        "set validation_texts or validation_ref, not both")
+    if (ref.bucket or ref.key) and not (ref.bucket and ref.key):
+        raise InvalidArgument.for_field(f"{field}.validation_ref", "needs bucket and key")
+    out = {"name": "compeft", "density": density, "alphas": list(c.alphas),
+           "task_vector": c.task_vector}
+    if c.validation_texts:
+        out["validation_sha256"] = hashlib.sha256(
+            json.dumps(list(c.validation_texts)).encode()).hexdigest()
+    if ref.key:
+        out["validation_ref"] = {"bucket": ref.bucket, "key": ref.key, "sha256": ref.sha256}
+    return out
 
 
 def _bounded(value: int, limit: int, field: str) -> int:
@@ -107,6 +144,7 @@ def submit_request(request: pb.SubmitCompressRequest) -> dict:
     return {
         "model": model, "version": request.version, "recipe": recipe,
         "target_version": request.target_version,
+        "validation_texts": list(request.recipe.compeft.validation_texts),
         "eval": {"samples": _bounded(request.eval.samples, MAX_SAMPLES, "eval.samples"),
                  "calibration_samples": _bounded(request.eval.calibration_samples,
                                                  MAX_CALIBRATION, "eval.calibration_samples")},

@@ -9,12 +9,15 @@ from jobmesh.compression.v1 import compression_service_pb2 as pb
 from jobmesh.compression.v1 import compression_service_pb2_grpc
 
 from services.compression import convert
-from shared.errors import NotFound
+from shared.errors import InvalidArgument, NotFound
 from shared.jobs.convert import job_to_pb, register_result
+from shared.server.inputs import checked_ref
 from shared.server.interceptors import current_principal, require_admin
+from shared.storage.artifacts import ArtifactRef
 
 DOMAIN = "compression"
 CAPABILITIES_KEY = "jobmesh:capabilities:compression"  # workers write their ORT providers here
+ADAPTER_RUNTIME = "peft-lora"  # workers/compression/adapters.py (gateways never import workers)
 
 register_result(convert.COMPRESS_TASK, convert.result_from_dict)
 
@@ -26,23 +29,34 @@ class CompressionServicer(compression_service_pb2_grpc.CompressionServiceService
     async def SubmitCompress(self, request, context):
         p = require_admin()
         req = convert.submit_request(request)
-        await asyncio.to_thread(self._check_model, req["model"], req["version"])
+        runtime = await asyncio.to_thread(self._check_model, req["model"], req["version"])
+        recipe = req["recipe"]
+        if (runtime == ADAPTER_RUNTIME) != (recipe["name"] in convert.ADAPTER_RECIPES):
+            raise InvalidArgument.for_field(
+                "recipe", f"{recipe['name']} does not apply to {req['model']} (runtime "
+                f"{runtime}): adapters take {', '.join(convert.ADAPTER_RECIPES)}, ONNX models "
+                "the others")
+        if "validation_ref" in recipe:
+            field = "recipe.compeft.validation_ref"
+            r = recipe["validation_ref"]
+            ref = await checked_ref(self.gw, ArtifactRef(r["bucket"], r["key"], r["sha256"]),
+                                    p.tenant, field)
+            recipe["validation_ref"] = {"bucket": ref.bucket, "key": ref.key,
+                                        "sha256": ref.sha256}
         job, _ = await self.gw.dispatcher.submit(
             tenant=p.tenant, domain=DOMAIN, task=convert.COMPRESS_TASK, request=req,
             request_id=request.request_id)
         return pb.SubmitCompressResponse(job=job_to_pb(job))
 
-    def _check_model(self, name: str, version: str) -> None:
-        """NOT_FOUND now rather than a failed job later."""
+    def _check_model(self, name: str, version: str) -> str:
+        """NOT_FOUND now rather than a failed job later; returns the version's runtime."""
         registry = self.gw.registry
-        if version:
-            try:
-                registry.manifest(name, version)
-            except NotFound as exc:
-                raise NotFound(f"model {name}@{version} not found",
-                               metadata={"model": name, "version": version}) from exc
-        else:
-            registry.serving_version(name)
+        version = version or registry.serving_version(name)
+        try:
+            return registry.manifest(name, version).runtime
+        except NotFound as exc:
+            raise NotFound(f"model {name}@{version} not found",
+                           metadata={"model": name, "version": version}) from exc
 
     async def ListRecipes(self, request, context):
         current_principal()

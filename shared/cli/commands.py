@@ -264,7 +264,8 @@ def compression_submit(client: Client, args: Namespace, out: Output) -> int:
                "max_latency_ratio": args.max_latency_ratio, "request_id": args.request_id,
                "op_types": args.op_type, "method": args.method, "include": args.include,
                "per_tensor": args.per_tensor, "fp16": args.fp16,
-               "calibration": args.calibration}
+               "calibration": args.calibration, "density": args.density,
+               "alphas": args.alpha, "task_vector": args.task_vector}
     try:
         job = client.compression_submit(name, args.recipe, timeout_s=args.timeout, **options)
     except ValueError as exc:

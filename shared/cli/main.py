@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="NAME[:VERSION]",
                    help="the model to compress (default version: the one serving)")
     p.add_argument("--recipe", required=True,
-                   choices=["int8_dynamic", "int8_static", "fp16", "sparse_2_4", "tensorrt"])
+                   choices=["int8_dynamic", "int8_static", "fp16", "sparse_2_4", "tensorrt",
+                            "compeft"])
     p.add_argument("--op-type", action="append", default=[], metavar="OP",
                    help="int8 recipes: quantize this ONNX op type (repeatable; default: "
                         "measure each and keep those that do not slow the model)")
@@ -377,6 +378,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="sparse_2_4: MatMul names to prune (default: MLP layers of LMs, all "
                         "MatMuls otherwise)")
     p.add_argument("--fp16", action="store_true", help="tensorrt: build fp16 kernels too")
+    p.add_argument("--density", type=float, default=0.0, metavar="F",
+                   help="compeft: fraction of each adapter tensor kept (default 0.3)")
+    p.add_argument("--alpha", type=float, action="append", default=[], metavar="A",
+                   help="compeft: an alpha to try (repeatable; one fixes it; default: tune "
+                        "from 1, 2, 4, 8)")
+    p.add_argument("--task-vector", action="store_true",
+                   help="compeft: compress the change from peft's seeded initialisation")
     p.add_argument("--samples", type=_count, default=0, metavar="N",
                    help="evaluation items (default: the model family's)")
     p.add_argument("--promote", action="store_true",

@@ -157,12 +157,14 @@ def create_upload(service: str, content_type: str, size: int) -> Call:
     return Call(service, stub, "CreateUpload",
                 pb.CreateUploadRequest(content_type=content_type, size=size))
 
-RECIPE_NAMES = ("int8_dynamic", "int8_static", "fp16", "sparse_2_4", "tensorrt")
+RECIPE_NAMES = ("int8_dynamic", "int8_static", "fp16", "sparse_2_4", "tensorrt", "compeft")
 
 
 def compression_recipe(name: str, *, op_types: list[str] | None = None, per_tensor: bool = False,
                        method: str = "wanda", include: str = "", fp16: bool = False,
-                       calibration: str = "percentile") -> compression_pb.Recipe:
+                       calibration: str = "percentile", density: float = 0.0,
+                       alphas: list[float] | None = None, task_vector: bool = False,
+                       validation_texts: list[str] | None = None) -> compression_pb.Recipe:
     """A Recipe message from flat options; options a recipe does not take are ignored."""
     if name == "int8_dynamic":
         return compression_pb.Recipe(int8_dynamic=compression_pb.Int8Dynamic(
@@ -188,6 +190,10 @@ def compression_recipe(name: str, *, op_types: list[str] | None = None, per_tens
             method=methods[method], include=include))
     if name == "tensorrt":
         return compression_pb.Recipe(tensorrt=compression_pb.TensorRT(fp16=fp16))
+    if name == "compeft":
+        return compression_pb.Recipe(compeft=compression_pb.ComPEFT(
+            density=density, alphas=alphas or [], task_vector=task_vector,
+            validation_texts=validation_texts or []))
     raise ValueError(f"unknown recipe {name!r} (one of {', '.join(RECIPE_NAMES)})")
 
 

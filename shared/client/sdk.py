@@ -190,8 +190,9 @@ class Client:
         """Queues a compression job (admin key); returns the Job. `options`: version, samples,
         calibration_samples, promote, max_metric_delta, max_latency_ratio, target_version,
         request_id, and the recipe's own (op_types, per_tensor, calibration, method, include,
-        fp16)."""
-        recipe_keys = ("op_types", "per_tensor", "method", "include", "fp16", "calibration")
+        fp16; compeft: density, alphas, task_vector, validation_texts)."""
+        recipe_keys = ("op_types", "per_tensor", "method", "include", "fp16", "calibration",
+                       "density", "alphas", "task_vector", "validation_texts")
         spec = calls.compression_recipe(recipe, **{k: v for k, v in options.items()
                                                    if k in recipe_keys})
         rest = {k: v for k, v in options.items() if k not in recipe_keys}

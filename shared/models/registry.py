@@ -39,7 +39,8 @@ class Manifest:
     files: list[ModelFile] = field(default_factory=list)
     inputs: list[dict] = field(default_factory=list)  # {name, dtype, shape}
     outputs: list[dict] = field(default_factory=list)
-    provenance: dict = field(default_factory=dict)  # package, package_version, source, parent
+    # package, package_version, source, parent_version; base_model (name@version) for adapters
+    provenance: dict = field(default_factory=dict)
     create_time: float = 0.0
 
     def to_json(self) -> bytes:
@@ -147,9 +148,11 @@ class ModelRegistry:
 
     def register(self, name: str, version: str, files: dict[str, Path], *,
                  inputs: list[dict] | None = None, outputs: list[dict] | None = None,
-                 provenance: dict | None = None, serve: bool = False) -> Manifest:
+                 provenance: dict | None = None, serve: bool = False,
+                 runtime: str = "onnx") -> Manifest:
         """Uploads `files` (relative path -> local file) and writes the manifest last, so a
-        version is visible only once complete. Re-registering identical files is a no-op;
+        version is visible only once complete. `runtime` says what loads the files (`onnx`,
+        `peft-lora` for adapters). Re-registering identical files is a no-op;
         different files under an existing version are refused (versions are immutable)."""
         check_name("name", name)
         check_name("version", version)
@@ -168,7 +171,7 @@ class ModelRegistry:
             for entry in entries:
                 self.store.put_file(self.bucket, self._prefix(name, version) + entry.path,
                                     str(files[entry.path]), entry.sha256)
-            manifest = Manifest(name, version, "onnx", entries, inputs or [], outputs or [],
+            manifest = Manifest(name, version, runtime, entries, inputs or [], outputs or [],
                                 provenance or {}, time.time())
             self.store.put_bytes(self.bucket, self._prefix(name, version) + MANIFEST,
                                  manifest.to_json(), "application/json")

@@ -34,7 +34,8 @@ def _version_pb(m: Manifest) -> pb.ModelVersion:
             package=m.provenance.get("package", ""),
             package_version=m.provenance.get("package_version", ""),
             source=m.provenance.get("source", ""),
-            parent_version=m.provenance.get("parent_version", "")),
+            parent_version=m.provenance.get("parent_version", ""),
+            base_model=m.provenance.get("base_model", "")),
         create_time=ts(m.create_time))
 
 
@@ -107,7 +108,7 @@ class ModelServicer(model_service_pb2_grpc.ModelServiceServicer):
             ref = ArtifactRef(f.source.bucket, f.source.key, f.source.sha256)
             sources[path] = await checked_ref(self.gw, ref, p.tenant, f"files[{n}].source")
         provenance = {k: getattr(request.provenance, k) for k in
-                      ("package", "package_version", "source", "parent_version")
+                      ("package", "package_version", "source", "parent_version", "base_model")
                       if getattr(request.provenance, k)}
         await asyncio.to_thread(self._register, name, version, sources, provenance,
                                 request.serve)

@@ -61,6 +61,22 @@ def _run(channel, request: pb.SubmitCompressRequest, timeout: float = 400) -> jo
     return wait_job(channel, job.name, ADMIN_KEY, timeout)
 
 
+def _poll(channel, name: str, timeout: float) -> job_pb2.Job:
+    """GetJob every 2 s until done: on a loaded machine a long WaitJob round can miss its own
+    deadline, and this job takes minutes."""
+    from jobmesh.jobs.v1 import job_service_pb2, job_service_pb2_grpc
+
+    jobs = job_service_pb2_grpc.JobServiceStub(channel)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        job = jobs.GetJob(job_service_pb2.GetJobRequest(name=name), metadata=auth(ADMIN_KEY),
+                          timeout=30).job
+        if job.done:
+            return job
+        time.sleep(2)
+    raise AssertionError(f"{name} not done in {timeout} s")
+
+
 def _serving(models, name: str = REC) -> str:
     return models.GetModel(models_pb.GetModelRequest(name=name), metadata=auth(),
                            timeout=10).model.serving_version
@@ -213,6 +229,63 @@ def test_register_model_from_uploaded_files(models, compression_gateway):
         models.RegisterModel(bad, metadata=auth(ADMIN_KEY), timeout=10)
     assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
     assert details(err.value)["violations"][0][0] == "files[0].path"
+
+
+# SmolLM2 loads twice (here and in the worker): ~1.5 min on a quiet 2-core CPU, far more on a
+# shared one.
+@pytest.mark.timeout(900)
+def test_compeft_makes_an_adapter_version_that_loads_as_reported(stack, compression_gateway,
+                                                                   comp, models, tmp_path):
+    """A real (tiny, 2-step) LoRA adapter on SmolLM2 enters the registry through the admin
+    path, the `compeft` recipe runs through gRPC and Celery, and the compressed version loads
+    back to the task loss its report states."""
+    from shared.config import Settings
+    from shared.models.registry import ModelRegistry
+    from shared.storage.artifacts import ArtifactStore
+    from workers.compression import adapters
+    from workers.compression.lora import LoraConfig, spread_blocks, task_loss, token_blocks
+    from workers.compression.train_adapter import train_and_register
+
+    settings = Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in stack.env.items()})
+    registry = ModelRegistry(ArtifactStore.from_settings(settings), settings.models_bucket)
+    name, cfg = "test-dep5-lora", LoraConfig(steps=2, batch=2, seq_len=32, lr=3e-3)
+    train_and_register(registry, "v1", cfg, name=name, serve=True,
+                       max_files={"train": 6, "validation": 2, "test": 2})
+    # Recipes and models must match, refused at the gateway.
+    for model, recipe in ((name, pb.Recipe(int8_dynamic=pb.Int8Dynamic())),
+                          (REC, pb.Recipe(compeft=pb.ComPEFT()))):
+        with pytest.raises(grpc.RpcError) as err:
+            comp.SubmitCompress(pb.SubmitCompressRequest(model=model, recipe=recipe),
+                                metadata=auth(ADMIN_KEY), timeout=10)
+        assert err.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+        assert [f for f, _ in details(err.value)["violations"]] == ["recipe"]
+
+    job = comp.SubmitCompress(pb.SubmitCompressRequest(
+        model=name, recipe=pb.Recipe(compeft=pb.ComPEFT(density=0.3, alphas=[2.0],
+                                                        task_vector=True)),
+        eval=pb.EvalSpec(samples=2)), metadata=auth(ADMIN_KEY), timeout=30).job
+    done = _poll(compression_gateway, job.name, timeout=700)
+    assert done.state == job_pb2.JOB_STATE_SUCCEEDED, done.error
+    result = job_response(done)
+    assert result.metric == "task_loss" and result.parent_version == "v1"
+    assert result.size_ratio > 8 and not result.promoted
+    model = models.GetModel(models_pb.GetModelRequest(name=name), metadata=auth(),
+                            timeout=10).model
+    new = next(v for v in model.versions if v.version == result.version)
+    assert new.runtime == adapters.RUNTIME and new.provenance.parent_version == "v1"
+    assert new.provenance.base_model.startswith("smollm2-135m-instruct@")
+    assert {adapters.COMPEFT, adapters.SPEC, "report.json"} <= {f.path for f in new.files}
+
+    _, folder = registry.fetch(name, result.version, tmp_path)
+    report = json.loads((folder / "report.json").read_text())
+    assert report["params"]["alpha"] == 2.0 and report["params"]["task_vector"]
+    assert report["params"]["ratio_fp16"] > 8
+    base, tok = adapters.base_model(adapters.read_spec(folder).base_name)
+    test = spread_blocks(token_blocks(tok, adapters.read_texts(folder / adapters.TEST), 32), 2)
+    loaded = task_loss(base, test, adapters.load_adapter_version(folder, base), cfg)
+    assert loaded == pytest.approx(result.metric_value, abs=1e-4)
+    assert task_loss(base, test, None, cfg) == pytest.approx(report["params"]["base_loss"],
+                                                             abs=1e-4)
 
 
 def test_cli_models_and_compression(compression_address):

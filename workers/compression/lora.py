@@ -259,3 +259,20 @@ def load_adapter(path: Path) -> dict[str, torch.Tensor]:
 
 def adapter_parameters(adapter: Mapping[str, Any]) -> int:
     return sum(math.prod(v.shape) for v in adapter.values())
+
+
+def safetensors_bytes(adapter: Mapping[str, torch.Tensor], dtype: torch.dtype) -> int:
+    """Size of `adapter` as a safetensors file with every tensor cast to `dtype`."""
+    from safetensors.torch import save
+
+    return len(save({k: v.to(dtype).contiguous() for k, v in adapter.items()}))
+
+
+def spread_blocks(blocks: torch.Tensor, n: int) -> torch.Tensor:
+    """`n` blocks evenly spaced over all of them (all when there are no more than `n`), so
+    that every part of the text is seen."""
+    import torch
+
+    if n >= blocks.shape[0]:
+        return blocks
+    return blocks[torch.linspace(0, blocks.shape[0] - 1, n).round().long()]

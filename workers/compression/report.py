@@ -18,6 +18,9 @@ METRICS = {  # metric -> (label, lower is better)
     "cer": ("character error rate", True),
     "perplexity": ("perplexity", True),
     "cosine": ("cosine similarity to the parent", False),
+    # What the embedding and generic families report (families.py): 1 - mean cosine.
+    "cosine_distance": ("1 - cosine agreement with the parent", True),
+    "task_loss": ("task loss (nats/token)", True),
 }
 
 
@@ -105,4 +108,6 @@ class CompressionReport:
 
 
 def _mib(size: int) -> str:
+    if size < 2**20:  # adapters: tens of KiB
+        return f"{size / 2**10:.1f} KiB"
     return f"{size / 2**20:.1f} MiB"

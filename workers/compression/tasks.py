@@ -11,15 +11,21 @@ from pathlib import Path
 
 from celery import signals
 
-from services.compression.convert import COMPRESS_TASK, derived_version
+from services.compression.convert import (
+    ADAPTER_RECIPES,
+    COMPRESS_TASK,
+    MAX_VALIDATION_CHARS,
+    derived_version,
+)
 from services.compression.servicer import CAPABILITIES_KEY
 from shared.config import Settings
 from shared.errors import FailedPrecondition, InvalidArgument, NotFound
 from shared.jobs.celery_app import make_celery
 from shared.jobs.worker_kit import JobContext, WorkerKit
 from shared.models.registry import ModelRegistry
-from shared.storage.artifacts import ArtifactStore
-from workers.compression import tensorrt
+from shared.storage.artifacts import ArtifactRef, ArtifactStore
+from workers.compression import adapters, tensorrt
+from workers.compression.adapter_recipe import compress_adapter
 from workers.compression.families import family_of
 from workers.compression.recipes import (
     RecipeError,
@@ -117,6 +123,8 @@ def compress(ctx: JobContext, request: dict) -> dict:
 
     ctx.progress(0, STAGES, f"fetching {name}@{parent_version}")
     manifest, folder = registry.fetch(name, parent_version, settings.model_cache_dir)
+    if adapters.is_adapter(folder) or recipe["name"] in ADAPTER_RECIPES:
+        return _compress_adapter(ctx, registry, request, parent_version, target, folder)
     onnx_files = [f.path for f in manifest.files if f.path.endswith(".onnx")]
     if len(onnx_files) != 1:
         raise FailedPrecondition(f"{name}@{parent_version} is not one ONNX graph "
@@ -158,6 +166,64 @@ def compress(ctx: JobContext, request: dict) -> dict:
                           outputs=manifest.outputs,
                           provenance={"source": "recipe:" + json.dumps(recipe, sort_keys=True),
                                       "parent_version": parent_version})
+    return _finish(ctx, registry, report, request.get("promotion", {}))
+
+
+def _validation_texts(request: dict) -> list[str] | None:
+    """The request's validation text (inline, or the object the gateway checked), None for
+    the adapter's own."""
+    ref = request["recipe"].get("validation_ref")
+    if not ref:
+        return request.get("validation_texts") or None
+    store = ArtifactStore.from_settings(settings)
+    raw = store.get_bytes(ArtifactRef(ref["bucket"], ref["key"], ref["sha256"]),
+                          max_bytes=4 * MAX_VALIDATION_CHARS)
+    try:
+        return [raw.decode("utf-8")]
+    except UnicodeDecodeError as exc:
+        raise InvalidArgument.for_field("recipe.compeft.validation_ref",
+                                        f"is not UTF-8 text: {exc}") from exc
+
+
+def _compress_adapter(ctx: JobContext, registry: ModelRegistry, request: dict,
+                      parent_version: str, target: str, folder: Path) -> dict:
+    """The `compeft` recipe on a `peft-lora` entry: a new adapter version holding the
+    compressed form, judged by task loss (adapter_recipe.py)."""
+    name, recipe = request["model"], request["recipe"]
+    if recipe["name"] not in ADAPTER_RECIPES:
+        raise InvalidArgument.for_field("recipe", f"{name}@{parent_version} is a LoRA adapter: "
+                                        f"its recipes are {', '.join(ADAPTER_RECIPES)}")
+    if not adapters.is_adapter(folder):
+        raise InvalidArgument.for_field(f"recipe.{recipe['name']}",
+                                        f"{name}@{parent_version} is not a LoRA adapter")
+    blocks = request.get("eval", {}).get("samples") or 8
+    work_root = Path(settings.model_cache_dir) / ".work"
+    work_root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(dir=work_root, prefix=f"{name}-") as tmp:
+        work = Path(tmp)
+        try:
+            outcome = compress_adapter(
+                folder, recipe, _validation_texts(request), blocks, work / "adapter",
+                progress=lambda message: ctx.progress(1, STAGES, message))
+        except RecipeError as exc:
+            raise InvalidArgument.for_field(exc.field, exc.problem) from exc
+        ctx.check_cancelled()
+        report = CompressionReport(
+            model=name, parent_version=parent_version, version=target, recipe=recipe["name"],
+            params={"recipe": recipe, "family": adapters.FAMILY, "samples": blocks,
+                    **outcome.params},
+            notes=outcome.notes, size_bytes=outcome.size_bytes,
+            parent_size_bytes=outcome.parent_size_bytes, metric="task_loss",
+            parent_metric=outcome.parent_loss, metric_value=outcome.loss,
+            latency_ms=outcome.latency_ms, parent_latency_ms=outcome.parent_latency_ms)
+        ctx.progress(3, STAGES, f"registering {name}@{target}")
+        (work / "report.json").write_bytes(report.to_json())
+        (work / "report.md").write_text(report.to_markdown())
+        adapters.register_adapter(
+            registry, name, target, outcome.folder,
+            provenance={"source": "recipe:" + json.dumps(recipe, sort_keys=True),
+                        "parent_version": parent_version},
+            extra={"report.json": work / "report.json", "report.md": work / "report.md"})
     return _finish(ctx, registry, report, request.get("promotion", {}))
 
 
