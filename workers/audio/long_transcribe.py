@@ -1,14 +1,15 @@
 """A SubmitTranscribe job longer than `JOBMESH_AUDIO_CHUNK_SECONDS`, as one task per chunk, so no
 task runs past the domain's time limit and no task holds more than one chunk's samples.
 
-1. The job's own task (`start`) streams the file through the VAD once (bounded memory), cuts it
-   in silence into chunks (`chunking.plan_chunks`), writes the plan next to the job's artifacts,
-   queues one `transcribe_chunk` task per chunk without a result yet, and returns DEFERRED: the
-   job stays RUNNING. A redelivered job task reuses the plan and queues only the chunks left.
-2. A chunk task decodes only its stretch (`decode.iter_blocks(start_s=, end_s=)`), transcribes
-   the plan's speech in it, moves its times to the recording's, and writes its part (the
-   completion marker: written last, keyed by job and chunk, so a redelivery overwrites it with
-   the same content). It then counts the chunk once (a Redis set) and reports progress in
+1. The job's own task (`start`) decodes the file once, streamed, into a loudness profile (RMS
+   per 100 ms: bounded memory, ~4 bytes per 100 ms), cuts it at quiet moments into chunks
+   (`chunking.plan_chunks`), writes the plan next to the job's artifacts, queues one
+   `transcribe_chunk` task per chunk without a result yet, and returns DEFERRED: the job stays
+   RUNNING. A redelivered job task reuses the plan and queues only the chunks left.
+2. A chunk task decodes only its stretch (`decode.iter_blocks(start_s=, end_s=)`), finds its
+   speech with silero VAD, transcribes that, moves the times to the recording's, and writes its
+   part (the completion marker: written last, keyed by job and chunk, so a redelivery
+   overwrites it). It then counts the chunk once (a Redis set) and reports progress in
    seconds of audio. A chunk that kills its worker `max_deliveries` times, a decoding error or
    a crash records an error for the chunk instead.
 3. Whoever counts the last chunk finishes: the parts in chunk order make one transcript
@@ -40,7 +41,7 @@ from shared.errors import (
 from shared.jobs.records import JobRecord, State
 from shared.jobs.worker_kit import DEFERRED, JobContext, WorkerKit
 from shared.storage.artifacts import ArtifactRef, tenant_key
-from workers.audio.chunking import chunk_speech, merge_transcripts, offset_transcript, plan_chunks
+from workers.audio.chunking import loudness, merge_transcripts, offset_transcript, plan_chunks
 from workers.audio.decode import AudioError, AudioInfo, AudioLimits, iter_blocks
 from workers.audio.streaming import vad_segments
 
@@ -105,10 +106,9 @@ class ChunkedTranscription:
         if plan is None:
             ref = request.get("audio_ref") or ctx.put_artifact(
                 "input", data, "application/octet-stream").to_dict()
-            speech = self._speech(ctx, data, field)
+            loud = self._loudness(ctx, data, field)
             plan = {"audio_ref": ref, "options": request.get("options", {}), "info": meta,
-                    "speech": speech,
-                    "chunks": plan_chunks([tuple(s) for s in speech], info.seconds,
+                    "chunks": plan_chunks(loud, info.seconds,
                                           self.settings.audio_chunk_seconds)}
             self._put_json(job, self._plan_key(job), plan)
         ttl = max(60, int(job.expire_time - time.time()))
@@ -133,19 +133,16 @@ class ChunkedTranscription:
             self._finish(job.id)
         return DEFERRED
 
-    def _speech(self, ctx: JobContext, data: bytes, field: str) -> list[list[float]]:
-        v, _ = self.vad()
-
+    def _loudness(self, ctx: JobContext, data: bytes, field: str) -> np.ndarray:
         def blocks():
             for block in iter_blocks(data, RATE, BLOCK_SECONDS, self.limits):
                 ctx.check_cancelled()
                 yield block
 
         try:
-            found = vad_segments(v, blocks(), RATE, **VAD_OPTIONS)
+            return loudness(blocks(), RATE)
         except AudioError as exc:
             raise InvalidArgument.for_field(field, exc.problem, reason=exc.reason) from exc
-        return [[round(a, 3), round(b, 3)] for a, b in found]
 
     # -- 2. a chunk's task ---------------------------------------------------------------------
     def run_chunk(self, job_id: str, index: int) -> None:
@@ -200,8 +197,10 @@ class ChunkedTranscription:
         wave = np.concatenate([np.zeros(0, np.float32), *iter_blocks(
             data, RATE, BLOCK_SECONDS, self.limits, start_s=start, end_s=end)])
         opts = plan["options"]
-        speech = chunk_speech([tuple(s) for s in plan["speech"]], (start, end)) \
-            if opts.get("vad", True) else None
+        speech = None
+        if opts.get("vad", True):
+            v, _ = self.vad()
+            speech = vad_segments(v, [wave], RATE, **VAD_OPTIONS)
         out = t.transcribe(wave, speech, language=opts.get("language", "en"),
                            beam_size=int(opts.get("beam_size", 1)))
         self._put_json(job, self._part_key(job, index),
