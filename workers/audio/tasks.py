@@ -1,5 +1,6 @@
 """The audio worker's Celery app and tasks (thin: resolve the served models, decode in blocks,
-run the tagger or the VAD, record results).
+run the tagger, the VAD, Whisper or the voice, record results). A SubmitTranscribe job longer
+than JOBMESH_AUDIO_CHUNK_SECONDS fans out, one task per chunk (`long_transcribe`).
 
 Input is decoded and resampled to the model's rate (16 kHz; 32 kHz for a PANNs tagger) block
 by block (`decode.iter_blocks`), so a long file never sits decoded whole in memory: the tagger
