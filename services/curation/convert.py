@@ -30,6 +30,9 @@ MAX_FINETUNE_TOKENS = 16_384
 REFERENCE_LM = "smollm2-135m-instruct"  # workers.textgen.export.MODEL_NAME
 # Step parameters naming a registry model ("name" or "name@version"); unset = REFERENCE_LM.
 MODEL_PARAMS = {"color_filter": ("prior_model", "conditional_model")}
+EMBEDDING_MODEL = "all-minilm-l6-v2"  # workers.curation.embeddings.MODEL_NAME
+# Steps that always run one registry model (its serving version), checked like MODEL_PARAMS.
+STEP_MODELS = {"embed_dedup": EMBEDDING_MODEL, "domain_cluster": EMBEDDING_MODEL}
 _MODEL_NAME = re.compile(r"^[a-z0-9][a-z0-9._-]{0,100}$")  # the registry's rule
 # A path under the caller's data space: plain segments, no `..`, no empty parts.
 _PATH = re.compile(r"^[A-Za-z0-9._=-]+(/[A-Za-z0-9._=-]+)*$")

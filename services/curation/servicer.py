@@ -58,17 +58,21 @@ class CurationServicer(curation_service_pb2_grpc.CurationServiceServicer):
 
     def _check_models(self, pipeline: list[dict]) -> None:
         """NOT_FOUND naming the parameter now, rather than a failed job later, for a step's
-        registry model (color_filter's prior and conditional models) that does not exist."""
+        registry model (color_filter's prior and conditional models) that does not exist; for
+        a step that always runs one model (embed_dedup, domain_cluster), naming the step."""
         registry = self.gw.registry
         for n, entry in enumerate(pipeline):
-            for param in convert.MODEL_PARAMS.get(entry["step"], ()):
-                ref = entry.get(param) or convert.REFERENCE_LM
+            refs = [(f"pipeline[{n}].{param}", entry.get(param) or convert.REFERENCE_LM)
+                    for param in convert.MODEL_PARAMS.get(entry["step"], ())]
+            if entry["step"] in convert.STEP_MODELS:
+                refs.append((f"pipeline[{n}].step", convert.STEP_MODELS[entry["step"]]))
+            for field, ref in refs:
                 name, _, version = ref.partition("@")
                 try:
                     registry.manifest(name, version or registry.serving_version(name))
                 except NotFound as exc:
-                    raise NotFound(f"pipeline[{n}].{param}: model {ref} not found",
-                                   metadata={"field": f"pipeline[{n}].{param}"}) from exc
+                    raise NotFound(f"{field}: model {ref} not found",
+                                   metadata={"field": field}) from exc
 
     async def _shards(self, request, tenant: str, base: str) -> list[dict]:
         if bool(request.input_prefix) == bool(request.inputs):

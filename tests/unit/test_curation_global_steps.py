@@ -88,3 +88,32 @@ def test_drain_templates_is_one_pass_over_all_shards():
     assert report["step"] == "drain_templates" and report["templates_total"] == 2
     assert report["templates"][0] == {"id": tid, "template": responder["template"],
                                       "count": 3, "kept": 1}
+
+
+def test_gateway_names_the_step_whose_fixed_model_is_not_registered():
+    from types import SimpleNamespace
+
+    import shared  # noqa: F401  (makes the generated jobmesh.* stubs importable)
+    from services.curation.servicer import CurationServicer
+    from shared.errors import NotFound
+
+    class Registry:  # serves only what `names` holds
+        def __init__(self, names):
+            self.names = names
+
+        def serving_version(self, name):
+            if name not in self.names:
+                raise NotFound(f"model {name} has no serving version")
+            return "v1"
+
+        def manifest(self, name, version):
+            return {}
+
+    pipeline = [{"step": "exact_dedup"}, {"step": "domain_cluster"}]
+    with pytest.raises(NotFound) as err:
+        CurationServicer._check_models(SimpleNamespace(gw=SimpleNamespace(
+            registry=Registry({"smollm2-135m-instruct"}))), pipeline)
+    assert err.value.metadata["field"] == "pipeline[1].step"
+    assert "all-minilm-l6-v2" in str(err.value)
+    CurationServicer._check_models(SimpleNamespace(gw=SimpleNamespace(
+        registry=Registry({"all-minilm-l6-v2"}))), pipeline)
