@@ -135,29 +135,43 @@ def rss_snapshot(procs: dict) -> dict[str, dict]:
     return out
 
 
-class RssSampler:
-    """Samples `rss_snapshot` every `every_s` seconds on a thread: [(seconds since start, snap)]."""
+class Periodic:
+    """`tick()` on entry, every `every_s` seconds on a thread while inside `with`, and once more
+    on exit (after the thread has stopped)."""
 
-    def __init__(self, procs: dict, every_s: float):
-        self.procs, self.every_s = procs, every_s
-        self.samples: list[tuple[float, dict]] = []
+    def __init__(self, every_s: float):
+        self.every_s = every_s
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
-        self._t0 = time.monotonic()
+
+    def tick(self) -> None:
+        raise NotImplementedError
 
     def _run(self) -> None:
-        while True:
-            self.samples.append((time.monotonic() - self._t0, rss_snapshot(self.procs)))
-            if self._stop.wait(self.every_s):
-                return
+        while not self._stop.wait(self.every_s):
+            self.tick()
 
     def __enter__(self):
+        self.tick()
         self._thread.start()
         return self
 
     def __exit__(self, *exc):
         self._stop.set()
         self._thread.join(30)
+        self.tick()
+
+
+class RssSampler(Periodic):
+    """`rss_snapshot` every `every_s` seconds: `samples` [(seconds since start, snapshot)]."""
+
+    def __init__(self, procs: dict, every_s: float):
+        super().__init__(every_s)
+        self.procs = procs
+        self.samples: list[tuple[float, dict]] = []
+        self._t0 = time.monotonic()
+
+    def tick(self) -> None:
         self.samples.append((time.monotonic() - self._t0, rss_snapshot(self.procs)))
 
 

@@ -19,6 +19,7 @@ import redis
 from jobmesh.ocr.v1 import ocr_service_pb2 as pb
 from jobmesh.ocr.v1 import ocr_service_pb2_grpc
 
+from bench.soak import Periodic
 from tests.chaos.conftest import VISIBILITY_TIMEOUT_S
 from tests.chaos.load import (
     Load,
@@ -51,34 +52,24 @@ def _children(pid: int) -> list[int]:
         return []
 
 
-class Supervisor:
+class Supervisor(Periodic):
     """What a restart policy (compose `restart: unless-stopped`, a Kubernetes Deployment) does:
     starts the worker again whenever its main process is gone. Needed beyond the group kills: a
     child killed while the pool is still starting takes the whole Celery worker down
     ("WorkerLostError: Could not start worker processes")."""
 
     def __init__(self, stack):
+        super().__init__(0.2)
         self.stack, self.restarts = stack, 0
         self.lock = threading.Lock()
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, daemon=True)
 
-    def _run(self) -> None:
-        while not self._stop.wait(0.2):
-            with self.lock:
-                proc = self.stack.procs.get(WORKER)
-                if proc is None or proc.poll() is not None:
-                    self.stack.procs.pop(WORKER, None)
-                    self.stack.start_worker("ocr")
-                    self.restarts += 1
-
-    def __enter__(self):
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(30)
+    def tick(self) -> None:
+        with self.lock:
+            proc = self.stack.procs.get(WORKER)
+            if proc is None or proc.poll() is not None:
+                self.stack.procs.pop(WORKER, None)
+                self.stack.start_worker("ocr")
+                self.restarts += 1
 
     def kill(self, whole_group: bool) -> str:
         """One kill -9; returns what was killed. For a child, waits (bounded) until the worker
