@@ -265,7 +265,8 @@ def models_section(model_sel: str, task_sel: str) -> list[tuple[dict, int]]:
                                      "model, stage", model_sel),
                             f"p{round(q * 100)} {{{{model}}}} {{{{stage}}}}")
                      for q in (0.5, 0.95)],
-                    "s", "Time of one model call (one batch) on the worker."), 12),
+                    "s", "Time of one model call (one batch) on the worker; text generation "
+                    "splits prefill (per prompt chunk) from decode (per step)."), 12),
         (timeseries("Model calls/s",
                     [target(rate_sum("jobmesh_compute_duration_seconds_count", "model, stage",
                                      model_sel), "{{model}} {{stage}}")],

@@ -24,8 +24,8 @@ class _GapRecorder(OrtSession):
         super().__init__(path)
         self.gaps: list[np.ndarray] = []
 
-    def run(self, feeds):
-        out = super().run(feeds)
+    def run(self, feeds, stage="forward"):
+        out = super().run(feeds, stage)
         last = out[0][:, -1]
         top2 = np.partition(last, -2, axis=-1)[:, -2:]
         self.gaps.append(top2[:, 1] - top2[:, 0])
@@ -214,3 +214,31 @@ def test_batch_cancellation_and_mixed_params(gen):
     b = gen.generate_batch(prompts, params)
     assert [r.token_ids for r in a] == [r.token_ids for r in b]
     assert "\n" not in a[1].text
+
+
+def test_model_calls_are_timed_as_prefill_and_decode():
+    """Through the worker's ModelRunner: one `jobmesh_compute_duration_seconds` observation per
+    forward, `prefill` per prompt chunk and `decode` per generation step, single and batched."""
+    from prometheus_client import REGISTRY
+
+    from shared.runners.onnx import ModelRunner
+
+    folder = export_model()
+    name = "smollm2-stage-test@v0"  # a model label of its own: other tests do not move it
+    gen = load_generator(folder, session=ModelRunner(folder / "model.onnx", name),
+                         recycler_state=TokenRecycler(49152), prefill_chunk=8)
+
+    def calls(stage: str) -> float:
+        return REGISTRY.get_sample_value("jobmesh_compute_duration_seconds_count",
+                                         {"model": name, "stage": stage}) or 0.0
+
+    prompt = chat(gen, "Name three colours.")
+    chunks = -(-len(prompt) // 8)
+    one = gen.generate(prompt, GenerationParams(max_new_tokens=5, speculation="auto"))
+    assert calls("prefill") == chunks
+    assert calls("decode") == one.usage.forward_passes - chunks > 0
+    assert calls("forward") == 0
+    both = gen.generate_batch([prompt, prompt[:5]], [GenerationParams(max_new_tokens=3)] * 2)
+    assert calls("prefill") == 2 * chunks  # the batch is padded to the longer prompt
+    assert calls("decode") == one.usage.forward_passes - chunks + \
+        both[0].usage.forward_passes - chunks

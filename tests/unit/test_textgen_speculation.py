@@ -195,7 +195,7 @@ class _Recording(OrtSession):
         self.gaps: list[float] = []
         self._memo: tuple[bytes, list[np.ndarray]] | None = None
 
-    def run(self, feeds):
+    def run(self, feeds, stage="forward"):
         key = None
         if feeds["past_key_values.0.key"].shape[2] == 0:
             key = feeds["input_ids"].tobytes() + feeds["position_ids"].tobytes()
@@ -203,7 +203,7 @@ class _Recording(OrtSession):
                 out = self._memo[1]
                 self._record(out)
                 return out
-        out = super().run(feeds)
+        out = super().run(feeds, stage)
         if key is not None:
             self._memo = (key, out)
         self._record(out)

@@ -1,6 +1,6 @@
 """The decoding engine: prefill, KV-cached decoding, sampling, stop sequences, cancellation and
-lossless speculative decoding, over any session with `run(feeds) -> list[np.ndarray]` and
-`input_names` (shared/runners/onnx.py's ModelRunner, or `session.OrtSession`).
+lossless speculative decoding, over any session with `run(feeds, stage) -> list[np.ndarray]`
+and `input_names` (shared/runners/onnx.py's ModelRunner, or `session.OrtSession`).
 
 Contract of `Generator.generate`:
 - Greedy (temperature 0) output is the argmax chain of our own one-token-per-step decoding
@@ -28,6 +28,13 @@ Prefill runs in chunks of `prefill_chunk` tokens (bounded memory). With an expor
 the vocabulary projection is a fifth of the compute per token, and those last positions still
 feed Token Recycling's matrix with successor candidates from the prompt. A v1 export (no such
 input) returns logits for every position and all of them feed the matrix.
+
+Every forward names its stage, which ModelRunner records as the `stage` label of
+`jobmesh_compute_duration_seconds` (one observation per model call, as Triton counts a model
+execution): `prefill` for each prompt chunk, `decode` for each generation step (one token per
+row in a batch, or one speculative tree verified in a single forward, which may accept several
+tokens), `calibrate` for the start-up cost-curve forwards. Time to first token is then about the
+request's prefill calls plus its first decode; the mean decode observation is the time per step.
 """
 
 from __future__ import annotations
@@ -54,6 +61,8 @@ SPECULATION_MODES = ("off", "token_recycling", "prompt_lookup", "auto")
 FINISH_REASONS = ("stop", "length", "eos", "cancelled")
 MASK_MIN = -1e9  # the additive mask value the export uses (generation.json "mask_min")
 _GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider")
+# Stage names of the model calls (the `stage` label of jobmesh_compute_duration_seconds).
+PREFILL, DECODE, CALIBRATE = "prefill", "decode", "calibrate"
 
 
 @dataclass
@@ -246,10 +255,11 @@ class Generator:
         return [empty] * (2 * self.layers)
 
     def _forward(self, ids: np.ndarray, pos: np.ndarray, mask: np.ndarray,
-                 kv: list[np.ndarray], last: int | None = None,
+                 kv: list[np.ndarray], stage: str, last: int | None = None,
                  ) -> tuple[np.ndarray, list[np.ndarray]]:
-        """One decoder step. `last`: logits only for the last `last` positions (when the export
-        supports it; otherwise all positions come back and are sliced here)."""
+        """One decoder forward, timed under `stage` (PREFILL, DECODE, CALIBRATE). `last`:
+        logits only for the last `last` positions (when the export supports it; otherwise all
+        positions come back and are sliced here)."""
         n = ids.shape[1]
         keep = n if last is None else min(last, n)
         feeds = {"input_ids": ids.astype(np.int64, copy=False),
@@ -258,7 +268,7 @@ class Generator:
         if self._has_index:
             feeds["logits_index"] = np.arange(n - keep, n, dtype=np.int64)
         feeds.update(zip(self.kv_names, kv, strict=True))
-        out = self.session.run(feeds)
+        out = self.session.run(feeds, stage=stage)
         if self._out_index is not None:
             out = [out[i] for i in self._out_index]
         logits = out[0]
@@ -281,12 +291,12 @@ class Generator:
             ids = rng.integers(0, self.vocab_size, (1, n))
             feeds[n] = (ids, np.arange(past, past + n)[None],
                         np.zeros((1, 1, n, past + n), np.float32))
-            self._forward(*feeds[n], kv)
+            self._forward(*feeds[n], kv, CALIBRATE)
         times: dict[int, list[float]] = {n: [] for n in sizes}
         for rep in range(repeats):
             for n in (sizes if rep % 2 == 0 else list(reversed(sizes))):
                 t0 = time.perf_counter()
-                self._forward(*feeds[n], kv)
+                self._forward(*feeds[n], kv, CALIBRATE)
                 times[n].append(time.perf_counter() - t0)
         return {n: float(np.median(t)) for n, t in times.items()}
 
@@ -357,7 +367,7 @@ class Generator:
             mask = np.zeros((1, 1, n, past + n), np.float32)
             mask[0, 0, :, past:] = np.triu(np.full((n, n), self.mask_min, np.float32), 1)
             logits, kv = self._forward(chunk[None], np.arange(past, past + n)[None], mask, kv,
-                                       last=self.prefill_logits)
+                                       PREFILL, last=self.prefill_logits)
             forwards += 1
             self.recycler.update(chunk[n - logits.shape[1]:], logits[0])
             past += n
@@ -403,7 +413,7 @@ class Generator:
         if m > 1:
             mask[0, 0, :, past:] = np.where(tree.ancestors(), 0.0, self.mask_min)
         pos = (past + tree.depth)[None]
-        logits, present = self._forward(tree.tokens[None], pos, mask, kv)
+        logits, present = self._forward(tree.tokens[None], pos, mask, kv, DECODE)
         return logits[0], present
 
     @staticmethod
@@ -491,7 +501,7 @@ class Generator:
             allowed[:, np.arange(n), start + np.arange(n)] |= ~key_ok[:, start:end]
             mask = np.where(allowed, 0.0, self.mask_min).astype(np.float32)[:, None]
             logits, kv = self._forward(ids[:, start:end], pos_all[:, start:end], mask, kv,
-                                       last=1)
+                                       PREFILL, last=1)
             forwards += 1
             real = key_ok[:, end - 1]  # rows whose padding ends before this column
             self.recycler.update(ids[real, end - 1], logits[real, 0])
@@ -528,7 +538,7 @@ class Generator:
             key_ok = np.concatenate([key_ok, np.ones((len(active), 1), bool)], axis=1)
             mask = np.where(key_ok, 0.0, self.mask_min).astype(np.float32)[:, None, None, :]
             logits, kv = self._forward(np.array(tokens, np.int64)[:, None], next_pos[:, None],
-                                       mask, kv)
+                                       mask, kv, DECODE)
             forwards += 1
             self.recycler.update(np.array(tokens, np.int64), logits[:, 0])
             next_pos = next_pos + 1

@@ -26,7 +26,8 @@ class OrtSession:
         self.output_names = [o.name for o in self.session.get_outputs()]
         self.calls = 0
 
-    def run(self, feeds: dict[str, np.ndarray]) -> list[np.ndarray]:
+    def run(self, feeds: dict[str, np.ndarray], stage: str = "forward") -> list[np.ndarray]:
+        """`stage` is accepted for the Runner surface and not recorded (no metrics here)."""
         self.calls += 1
         return self.session.run(None, feeds)
 
