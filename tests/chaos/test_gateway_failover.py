@@ -30,7 +30,7 @@ pytestmark = pytest.mark.chaos
 
 REPLICA = "gateway-ocr-b"  # the second replica, the one killed; the fixture's gateway survives
 BEFORE_S = 6.0  # load on both replicas before the kill
-AFTER_S = 8.0  # load on the survivor after it
+AFTER_S = 10.0  # load on the survivor after it
 SYNC_DEADLINE_S = 20.0  # generous: on a busy 2-core machine a call waits behind the submits
 SUBMIT_DEADLINE_S = 5.0
 SYNC_CLIENTS = 3
@@ -141,7 +141,9 @@ def test_gateway_replica_killed_while_clients_retry_on_the_other(chaos_stack, tw
 
     # Every call succeeded in the end: a retry found the survivor.
     assert all(c.code == "OK" for c in calls), [c for c in calls if c.code != "OK"][:3]
-    assert len([c for c in after if c.kind == "sync"]) >= SYNC_CLIENTS
+    # Sync calls went on past the kill: those in flight then (retried) and new ones.
+    assert len([c for c in calls if c.kind == "sync" and c.t1 > t_kill]) >= SYNC_CLIENTS
+    assert any(c.kind == "sync" for c in after)
     # What the client saw on the way was UNAVAILABLE only, and nothing hung.
     assert {code for code, _ in retry.failed_attempts} <= {"UNAVAILABLE"}
     assert all(c.t1 - c.t0 <= SYNC_DEADLINE_S + 1 for c in calls)
