@@ -86,6 +86,7 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.compression
 	$(PYTHON) -m bench.curation_logs
 	$(PYTHON) -m bench.curation_data
+	$(PYTHON) -m bench.curation_embed
 	$(PYTHON) -m bench.curation_mesh
 	$(PYTHON) -m bench.curation_detect
 	$(PYTHON) -m bench.curation_color

@@ -264,8 +264,15 @@ def make_variant(text: str, kind: str, vocab: list[str], rng: random.Random) -> 
     return text.rstrip() + "\n\n" + BOILERPLATE  # appended boilerplate
 
 
-def planted(corpus: list[Document], count: int, thresholds: list[float]) -> dict:
-    from workers.curation.dedup import minhash_signatures, near_duplicate_groups, shingles
+KINDS = ("word_edits", "sentence_reorder", "boilerplate")
+
+
+def planted_pairs(corpus: list[Document], count: int
+                  ) -> tuple[list[Document], dict[tuple[str, str], tuple[str, float]]]:
+    """`count` far-apart originals (`o0000`...) and one variant each (`v0000`...), the kinds in
+    turn; and the planted pairs: (original id, variant id) -> (kind, true Jaccard of their word
+    5-gram shingle sets)."""
+    from workers.curation.dedup import minhash_signatures, shingles
 
     rng = random.Random(1)
     pool = [d for d in corpus if 150 <= len(d.text.split()) <= 20000]
@@ -279,15 +286,43 @@ def planted(corpus: list[Document], count: int, thresholds: list[float]) -> dict
             if len(picked) == count:
                 break
     vocab = sorted({w for d in picked for w in d.text.split() if w.isalpha()})
-    kinds = ("word_edits", "sentence_reorder", "boilerplate")
     docs, truth = [], {}
     for k, doc in enumerate(picked):
-        kind = kinds[k % 3]
+        kind = KINDS[k % 3]
         variant = make_variant(doc.text, kind, vocab, rng)
         a, b = f"o{k:04d}", f"v{k:04d}"
         docs += [Document(a, doc.text), Document(b, variant)]
         sa, sb = shingles(doc.text), shingles(variant)
         truth[(a, b)] = (kind, len(sa & sb) / len(sa | sb))
+    return docs, truth
+
+
+def clustered_pairs(groups: dict[str, str]) -> set[tuple[str, str]]:
+    """Every pair of ids (smaller first) that a dedup pass put in one cluster."""
+    clusters: dict[str, list[str]] = {}
+    for doc_id, kept in groups.items():
+        clusters.setdefault(kept, []).append(doc_id)
+    return {tuple(sorted((a, b))) for ids in clusters.values() for a in ids for b in ids
+            if a < b}
+
+
+def pair_scores(found: set[tuple[str, str]], truth: dict) -> dict:
+    """Precision and recall of the detected pairs against the planted ones, and recall per
+    kind of variant."""
+    hits = found & truth.keys()
+    row = {"pairs_found": len(found), "true_positives": len(hits),
+           "precision": round(len(hits) / len(found), 3) if found else None,
+           "recall": round(len(hits) / len(truth), 3)}
+    for kind in KINDS:
+        of_kind = [p for p, (k, _) in truth.items() if k == kind]
+        row[f"recall_{kind}"] = round(sum(p in hits for p in of_kind) / len(of_kind), 3)
+    return row
+
+
+def planted(corpus: list[Document], count: int, thresholds: list[float]) -> dict:
+    from workers.curation.dedup import minhash_signatures, near_duplicate_groups
+
+    docs, truth = planted_pairs(corpus, count)
     t0 = time.perf_counter()
     sigs = minhash_signatures(docs)
     sig_s = time.perf_counter() - t0
@@ -297,27 +332,17 @@ def planted(corpus: list[Document], count: int, thresholds: list[float]) -> dict
         t0 = time.perf_counter()
         groups = near_duplicate_groups(by_id, threshold=threshold, false_negative_weight=fn_weight)
         lsh_s = time.perf_counter() - t0
-        clusters: dict[str, list[str]] = {}
-        for doc_id, kept in groups.items():
-            clusters.setdefault(kept, []).append(doc_id)
-        found = {tuple(sorted((a, b))) for ids in clusters.values() for a in ids for b in ids
-                 if a < b}
+        found = clustered_pairs(groups)
         hits = found & truth.keys()
         above = [p for p, (_, j) in truth.items() if j >= threshold]
-        row = {"threshold": threshold, "false_negative_weight": fn_weight,
-               "pairs_found": len(found), "true_positives": len(hits),
-               "precision": round(len(hits) / len(found), 3) if found else None,
-               "recall": round(len(hits) / len(truth), 3),
-               "pairs_true_jaccard_at_least_threshold": len(above),
-               "recall_of_those": round(sum(p in hits for p in above) / len(above), 3)
-               if above else None,
-               "lsh_seconds": round(lsh_s, 2)}
-        for kind in kinds:
-            of_kind = [p for p, (k, _) in truth.items() if k == kind]
-            row[f"recall_{kind}"] = round(sum(p in hits for p in of_kind) / len(of_kind), 3)
-        rows.append(row)
-    jaccards = {kind: [j for k, j in truth.values() if k == kind] for kind in kinds}
-    return {"originals": len(picked), "variants": len(picked),
+        rows.append({"threshold": threshold, "false_negative_weight": fn_weight,
+                     **pair_scores(found, truth),
+                     "pairs_true_jaccard_at_least_threshold": len(above),
+                     "recall_of_those": round(sum(p in hits for p in above) / len(above), 3)
+                     if above else None,
+                     "lsh_seconds": round(lsh_s, 2)})
+    jaccards = {kind: [j for k, j in truth.values() if k == kind] for kind in KINDS}
+    return {"originals": len(truth), "variants": len(truth),
             "signature_docs_per_s": round(len(docs) / sig_s, 1),
             "true_jaccard_median": {k: round(statistics.median(v), 3)
                                     for k, v in jaccards.items()},

@@ -10,8 +10,9 @@ union-find (dedup.UnionFind) and keeps the smallest id of each cluster (the rule
 `minhash_dedup`, so the answer does not depend on shard order).
 
 Limits: the pairwise pass is exact, not approximate: O(n² × 384) multiply-adds and n × 384 × 4
-bytes of float32 in memory. Meant for up to ~100k documents in one run (the global stage runs in
-one task, under the task time limit); beyond that, use minhash_dedup or an ANN index. float16
+bytes of float32 in memory. Meant for up to ~100k documents in one run: the global stage runs in
+one task, under the task time limit, and 20,000 random vectors took 9.0 s here (10,000: 3.2 s;
+2 busy cores), so 100k is ~4 min. Beyond that, use minhash_dedup or an ANN index. float16
 storage moves a cosine by at most ~1e-3, so a threshold is honoured to about that precision.
 
 `kmeans` (spherical k-means, k-means++ seeding, fixed seed) labels documents with a topic
