@@ -58,6 +58,11 @@ def _env(stack_redis_url: str, key: str) -> dict[str, str]:
         "JOBMESH_S3_SECRET_KEY": os.environ.get("JOBMESH_S3_SECRET_KEY", "jobmesh-secret"),
         "JOBMESH_API_KEYS_FILE": str(keys_file),
         "JOBMESH_LOG_JSON": os.environ.get("JOBMESH_LOG_JSON", "1"),
+        # kombu keeps one unacked index per Redis DB and any worker restores any queue's
+        # overdue messages with its own timeout, so every process gets one that outlasts the
+        # longest task limit (compression's 1800 s): otherwise an OCR worker's 600 s would
+        # start a long compression task a second time.
+        "JOBMESH_VISIBILITY_TIMEOUT_S": os.environ.get("JOBMESH_VISIBILITY_TIMEOUT_S", "3600"),
     }
 
 
