@@ -374,6 +374,37 @@ def test_cli_synthesize_and_transcribe(audio_stack, audio, tmp_path):
     assert word_error_rate("Your order has shipped.", " ".join(words)) <= 0.5, words
 
 
+def _voice_clips_recording(names: list[str], pause_s: float) -> np.ndarray:
+    pause = np.zeros(int(pause_s * 48000), np.float32)
+    return np.concatenate([pause] + [np.concatenate([sf.read(
+        str(SOUNDS / "alsa" / f"{n}.wav"), dtype="float32")[0], pause]) for n in names])
+
+
+def _wait_chunks_stored(jobs, name: str, at_least: int) -> tuple[int, int] | None:
+    """(stored, total) once the job's progress says `at_least` chunks are stored."""
+    for _ in range(600):
+        seen = jobs.GetJob(jobs_pb.GetJobRequest(name=name), metadata=auth(), timeout=10).job
+        found = re.search(r"\((\d+) of (\d+) chunks\)", seen.progress.message)
+        if found and int(found[1]) >= at_least:
+            return int(found[1]), int(found[2])
+        time.sleep(0.05)
+    return None
+
+
+def test_a_chunked_transcription_cancels_between_chunks(audio):
+    stub, jobs = audio
+    recording = _voice_clips_recording(["Front_Center", "Front_Left", "Front_Right",
+                                        "Side_Left", "Side_Right", "Rear_Left"], 1.0)
+    job = stub.SubmitTranscribe(pb.SubmitTranscribeRequest(
+        request_id="chunked-asr-cancel", request=pb.TranscribeRequest(
+            audio=wav(recording, 48000))), metadata=auth(), timeout=60).job
+    stored = _wait_chunks_stored(jobs, job.name, 1)
+    assert stored and stored[0] < stored[1], "the job finished before the cancel"
+    jobs.CancelJob(jobs_pb.CancelJobRequest(name=job.name), metadata=auth(), timeout=10)
+    done = jobs.WaitJob(jobs_pb.WaitJobRequest(name=job.name), metadata=auth(), timeout=60).job
+    assert done.state == job_pb2.JOB_STATE_CANCELLED, job_pb2.JobState.Name(done.state)
+
+
 def test_a_chunked_transcription_resumes_after_kill_9(audio, stack):
     """Kill -9 the worker once some chunks are stored: after a restart, only the chunks not
     stored run again (the one in flight is redelivered), and the transcript is whole. Last in
@@ -383,23 +414,13 @@ def test_a_chunked_transcription_resumes_after_kill_9(audio, stack):
     from shared.jobs.records import chunk_deliveries_key
 
     stub, jobs = audio
-    clips = ["Front_Center", "Front_Left", "Front_Right", "Side_Left", "Side_Right",
-             "Rear_Left", "Front_Center", "Front_Left"]
-    pause = np.zeros(48000, np.float32)
-    recording = np.concatenate([pause] + [np.concatenate([sf.read(
-        str(SOUNDS / "alsa" / f"{n}.wav"), dtype="float32")[0], pause]) for n in clips])
+    recording = _voice_clips_recording(["Front_Center", "Front_Left", "Front_Right",
+                                        "Side_Left", "Side_Right", "Rear_Left", "Front_Center",
+                                        "Front_Left"], 1.0)
     job = stub.SubmitTranscribe(pb.SubmitTranscribeRequest(
         request_id="chunked-asr-kill", request=pb.TranscribeRequest(
             audio=wav(recording, 48000))), metadata=auth(), timeout=60).job
-    stored = None
-    for _ in range(600):
-        seen = jobs.GetJob(jobs_pb.GetJobRequest(name=job.name), metadata=auth(),
-                           timeout=10).job
-        found = re.search(r"\((\d+) of (\d+) chunks\)", seen.progress.message)
-        if found and int(found[1]) >= 2:
-            stored, total = int(found[1]), int(found[2])
-            break
-        time.sleep(0.05)
+    stored, total = _wait_chunks_stored(jobs, job.name, 2) or (None, None)
     assert stored is not None and stored < total, "the job finished before the kill"
     stack.kill("worker-audio")
     stack.start_worker("audio", extra_env=AUDIO_WORKER_ENV)
