@@ -107,6 +107,7 @@ def process_shard(docs: list[Document], steps: list[StepSpec],
     filters = [build_filter(s, lm_folder) for s in filter_steps(steps)]
     kept, removed = run_filters(docs, filters, stats) if filters else (list(docs), [])
     keys: dict[str, dict[str, str]] = {}
+    embedded: dict[int, list[str]] = {}  # max_chars -> vectors: embedding steps share them
     for index, step in global_steps(steps):
         ids = [d.id for d in kept]
         if isinstance(step, ColorFilterStep):
@@ -122,8 +123,10 @@ def process_shard(docs: list[Document], steps: list[StepSpec],
             if model_folder is None:
                 raise ValueError(f"{step.step} needs the embedding model, and no model_folder "
                                  "was given")
-            values = embed_dedup.encode(kept, model_folder(embed_dedup.MODEL),
-                                        step.max_chars, step.batch_size)
+            if step.max_chars not in embedded:
+                embedded[step.max_chars] = embed_dedup.encode(
+                    kept, model_folder(embed_dedup.MODEL), step.max_chars, step.batch_size)
+            values = embedded[step.max_chars]
         elif isinstance(step, DrainTemplatesStep):
             values = log_steps.contents(step, kept)
         elif isinstance(step, ExactDedupStep):
