@@ -17,7 +17,8 @@ Debian licences and copyright files. Every document is cut to its first MAX_CHAR
 4. Each subset trains a fresh LoRA (same config, same steps × batch × tokens) on the base
    model; loss on the held-out target blocks (mean next-token cross-entropy, nats).
 
-    .venv/bin/python -m bench.curation_color          # ~40 min on 2 busy cores
+    .venv/bin/python -m bench.curation_color    # 1662 s on 2 cores shared with other work
+    .venv/bin/python -m bench.curation_color --render   # the table again from the saved figures
 """
 
 from __future__ import annotations
@@ -84,17 +85,19 @@ def _share(docs: list[Document]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.curation_color", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pool-target", type=int, default=60,
+    parser.add_argument("--pool-target", type=int, default=40,
                         help="stdlib docstrings in the pool")
-    parser.add_argument("--pool-other", type=int, default=180,
+    parser.add_argument("--pool-other", type=int, default=120,
                         help="other-domain documents in the pool")
     parser.add_argument("--man", type=int, default=250, help="man pages to draw from")
-    parser.add_argument("--k", type=int, default=60, help="documents selected")
-    parser.add_argument("--max-tokens", type=int, default=128, help="tokens scored per doc")
-    parser.add_argument("--conditional-steps", type=int, default=30)
-    parser.add_argument("--steps", type=int, default=24, help="LoRA steps on each subset")
+    parser.add_argument("--k", type=int, default=40, help="documents selected")
+    parser.add_argument("--max-tokens", type=int, default=64, help="tokens scored per doc")
+    parser.add_argument("--conditional-steps", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=12, help="LoRA steps on each subset")
     parser.add_argument("--random-seeds", type=int, default=2)
-    parser.add_argument("--test-blocks", type=int, default=24)
+    parser.add_argument("--seq-len", type=int, default=64, help="LoRA block length (tokens)")
+    parser.add_argument("--lr", type=float, default=2e-3, help="LoRA learning rate")
+    parser.add_argument("--test-blocks", type=int, default=32)
     parser.add_argument("--ablation", action="store_true",
                         help="also fine-tune on the k lowest-conditional-loss documents")
     parser.add_argument("--no-write", action="store_true", help="print, do not write results")
@@ -119,7 +122,7 @@ def main(argv: list[str] | None = None) -> int:
     print({k: len(v) for k, v in data.items()}, _share(data["pool"]), flush=True)
 
     # 1. the conditional model, through the service's fine-tune code
-    cond_cfg = LoraConfig(steps=args.conditional_steps)
+    cond_cfg = LoraConfig(steps=args.conditional_steps, seq_len=args.seq_len, lr=args.lr)
     t0 = time.perf_counter()
     tuned = finetune.fine_tune([d.text for d in data["sample"]], cond_cfg,
                                "bench-color-stdlib",
@@ -149,7 +152,7 @@ def main(argv: list[str] | None = None) -> int:
 
     # 3. the same LoRA on each subset, judged on held-out target text
     model, tok = load_reference_model()
-    cfg = LoraConfig(steps=args.steps)
+    cfg = LoraConfig(steps=args.steps, seq_len=args.seq_len, lr=args.lr)
     test = token_blocks(tok, [d.text for d in data["test"]], cfg.seq_len)
     test = test[::max(1, test.shape[0] // args.test_blocks)][:args.test_blocks]  # spread out
     base_loss = task_loss(model, test, None, cfg)
@@ -212,8 +215,9 @@ def _table(f: dict) -> list[str]:
         "Python's standard library (module, class and function docstrings of one file, read "
         "with `ast`), split by a hash of each file's content into a target sample "
         f"({d['sample']} files), a held-out test set ({d['test']} files, {d['test_blocks']} "
-        f"128-token blocks spread over it) and the rest; candidate pool = {d['pool']} "
-        f"documents ({', '.join(f'{k} {n}' for k, n in d['pool_sources'].items())}).", "",
+        f"{f['subset_lora']['seq_len']}-token blocks spread over it) and the rest; candidate "
+        f"pool = {d['pool']} documents "
+        f"({', '.join(f'{k} {n}' for k, n in d['pool_sources'].items())}).", "",
         f"**Conditional model**: SmolLM2-135M-Instruct + LoRA rank {c['recipe']['rank']} on "
         f"{'/'.join(c['recipe']['target_modules'])}, {c['recipe']['steps']} steps of "
         f"{c['recipe']['batch']}×{c['recipe']['seq_len']} tokens on the target sample "
