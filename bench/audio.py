@@ -16,6 +16,9 @@
 6. **Input paths**: a sync Tag of that recording sent inline, uploaded then referenced, by a
    reference uploaded beforehand, and a 0.5 s clip (the fixed cost of a call). `--inputs-only`
    runs just this and prints it.
+7. **Re-batching of tagging windows** (`bench.audio_rebatch`; `--rebatch-only` runs just this):
+   YAMNet windows/s for K concurrent clips, one session vs a pool of sessions vs a batchable
+   graph, in-process. Written to its own `bench/results/audio_rebatch.md` / `.json`.
 
 Writes `bench/results/audio.md` and `.json`."""
 
@@ -276,10 +279,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-write", action="store_true", help="print only")
     p.add_argument("--inputs-only", action="store_true",
                    help="only the inline-vs-reference breakdown of a sync Tag (printed)")
+    p.add_argument("--rebatch-only", action="store_true",
+                   help="only the YAMNet window re-batching comparison (bench.audio_rebatch)")
     args = p.parse_args(argv)
     if not (ALSA / "Front_Center.wav").exists():
         p.exit(2, "needs Debian's alsa-utils and sound-theme-freedesktop (apt-get install "
                   "alsa-utils sound-theme-freedesktop)\n")
+    if not args.inputs_only:  # in-process, before the mesh starts: its own results file
+        from bench import audio_rebatch
+
+        audio_rebatch.run(write=not args.no_write)
+        if args.rebatch_only:
+            return 0
 
     from shared.client import Client, ClientSettings
     from shared.config import Settings
