@@ -50,6 +50,9 @@ class Domain:
     title: str
     service: str  # the gRPC service of the domain's gateway, package-qualified
     models: str  # PromQL regex over the `model` label of the models its workers run
+    # `stage` values its workers record once per model call (beside per-request stages such as
+    # audio's `tag`): they get a section of their own, unmixed with the per-request times.
+    call_stages: tuple[str, ...] = ()
 
     @property
     def service_label(self) -> str:
@@ -60,7 +63,10 @@ class Domain:
 DOMAINS = {
     "ocr": Domain("OCR", "jobmesh.ocr.v1.OcrService", r"ppocr-(det|rec|cls)@.+"),
     "audio": Domain("Audio", "jobmesh.audio.v1.AudioService",
-                    r"(yamnet|silero-vad|whisper-tiny-en|piper-joe-medium)@.+"),
+                    r"(yamnet|silero-vad|whisper-tiny-en|piper-joe-medium)@.+",
+                    # workers/audio/metered.py: a YAMNet/PANNs window batch, a 32 ms VAD
+                    # window, a Whisper window, a piper sentence
+                    ("tag_window", "vad", "whisper", "piper")),
     "textgen": Domain("Text generation", "jobmesh.textgen.v1.TextGenerationService",
                       r"smollm2-135m-instruct@.+"),
     # No served model yet (the LM steps come later): a selector that matches none.
@@ -294,6 +300,36 @@ def models_section(model_sel: str, task_sel: str) -> list[tuple[dict, int]]:
     ]
 
 
+def calls_section(model_sel: str, stages: tuple[str, ...]) -> list[tuple[dict, int]]:
+    """Per model call figures for the `stages` a domain's workers record once per call."""
+    sel = _and(model_sel, f'stage=~"{"|".join(stages)}"')
+    return [
+        (timeseries("Time per model call by stage",
+                    [target(quantile(q, "jobmesh_compute_duration_seconds_bucket",
+                                     "model, stage", sel),
+                            f"p{round(q * 100)} {{{{model}}}} {{{{stage}}}}")
+                     for q in (0.5, 0.95)],
+                    "s", f"One call of the model ({', '.join(stages)}), without the request "
+                    "around it (decode, other models), which the per-request stages measure."),
+         12),
+        (timeseries("Cores busy in model calls by stage",
+                    [target(rate_sum("jobmesh_compute_duration_seconds_sum", "stage", sel),
+                            "{{stage}}")],
+                    "short", "Seconds of model calls per second, summed over the workers: 1 is "
+                    "one core (or one GPU stream) kept busy. Which model the workers' time "
+                    "goes to.", stack=True), 12),
+        (timeseries("Model calls/s by stage",
+                    [target(rate_sum("jobmesh_compute_duration_seconds_count", "model, stage",
+                                     sel), "{{model}} {{stage}}")],
+                    "ops", "Model calls per second, per model and per-call stage."), 12),
+        (timeseries("Batch size per model call (p50 / p95)",
+                    [target(quantile(q, "jobmesh_batch_size_bucket", "model", model_sel),
+                            f"p{round(q * 100)} {{{{model}}}}") for q in (0.5, 0.95)],
+                    "short", "Items per ONNX Runtime call (the first input's leading dimension; "
+                    "bucket bounds 1, 2, 4, ... 128). YAMNet and the VAD take 1."), 12),
+    ]
+
+
 def gpus_section() -> list[tuple[dict, int]]:
     return [
         (timeseries("GPU memory",
@@ -385,6 +421,9 @@ def domain_dashboard(name: str, d: Domain) -> dict:
          queues_section(queue, f'domain="{name}"', f'domain="{name}"')),
         ("Models", models_section(f'model=~"{d.models}"', task)),
     ]
+    if d.call_stages:
+        sections.append((f"Model calls ({', '.join(d.call_stages)})",
+                         calls_section(f'model=~"{d.models}"', d.call_stages)))
     return dashboard(f"jobmesh-{name}", f"jobmesh / {d.title}",
                      f"The {d.title} gateway ({d.service}), its queues, workers and models. "
                      "JobService, BatchService and ModelService calls are on the overview.",

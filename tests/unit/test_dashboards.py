@@ -383,6 +383,18 @@ def test_domain_dashboards_name_the_real_service_and_models():
                     f"{name}'s model selector also takes {other}'s models"
 
 
+def test_per_call_stages_are_the_ones_the_workers_record():
+    """A domain's per-call section selects stages by name: each must be a stage its workers
+    pass to the metered wrappers (a renamed stage would leave the panels empty)."""
+    sources = {"audio": ("workers/audio/tasks.py", "workers/audio/metered.py")}
+    for name, d in _builder().DOMAINS.items():
+        if not d.call_stages:
+            continue
+        text = "".join((REPO / f).read_text() for f in sources[name])
+        for stage in d.call_stages:
+            assert f'"{stage}"' in text, (name, stage)
+
+
 # ---- alert rules -------------------------------------------------------------------------------
 
 def test_alert_rules_are_complete():
