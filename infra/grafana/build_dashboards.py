@@ -260,6 +260,12 @@ def queues_section(queue_sel: str, jobs_sel: str, coalesce_sel: str) -> list[tup
     ]
 
 
+def compute_quantiles(sel: str) -> list[dict]:
+    """p50 and p95 of jobmesh_compute_duration_seconds by model and stage."""
+    return [target(quantile(q, "jobmesh_compute_duration_seconds_bucket", "model, stage", sel),
+                   f"p{round(q * 100)} {{{{model}}}} {{{{stage}}}}") for q in (0.5, 0.95)]
+
+
 def models_section(model_sel: str, task_sel: str) -> list[tuple[dict, int]]:
     def mean(metric: str, sel: str) -> str:
         return (f"sum by (model) (rate({metric}_sum{{{sel}}}[{R}])) / "
@@ -267,12 +273,9 @@ def models_section(model_sel: str, task_sel: str) -> list[tuple[dict, int]]:
 
     return [
         (timeseries("Compute time by model and stage",
-                    [target(quantile(q, "jobmesh_compute_duration_seconds_bucket",
-                                     "model, stage", model_sel),
-                            f"p{round(q * 100)} {{{{model}}}} {{{{stage}}}}")
-                     for q in (0.5, 0.95)],
-                    "s", "Time of one model call (one batch) on the worker; text generation "
-                    "splits prefill (per prompt chunk) from decode (per step)."), 12),
+                    compute_quantiles(model_sel), "s", "Time of one model call (one batch) on "
+                    "the worker; text generation splits prefill (per prompt chunk) from decode "
+                    "(per step)."), 12),
         (timeseries("Model calls/s",
                     [target(rate_sum("jobmesh_compute_duration_seconds_count", "model, stage",
                                      model_sel), "{{model}} {{stage}}")],
@@ -305,13 +308,9 @@ def calls_section(model_sel: str, stages: tuple[str, ...]) -> list[tuple[dict, i
     sel = _and(model_sel, f'stage=~"{"|".join(stages)}"')
     return [
         (timeseries("Time per model call by stage",
-                    [target(quantile(q, "jobmesh_compute_duration_seconds_bucket",
-                                     "model, stage", sel),
-                            f"p{round(q * 100)} {{{{model}}}} {{{{stage}}}}")
-                     for q in (0.5, 0.95)],
-                    "s", f"One call of the model ({', '.join(stages)}), without the request "
-                    "around it (decode, other models), which the per-request stages measure."),
-         12),
+                    compute_quantiles(sel), "s", f"One call of the model ({', '.join(stages)}), "
+                    "without the request around it (decode, other models), which the "
+                    "per-request stages measure."), 12),
         (timeseries("Cores busy in model calls by stage",
                     [target(rate_sum("jobmesh_compute_duration_seconds_sum", "stage", sel),
                             "{{stage}}")],
