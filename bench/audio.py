@@ -18,7 +18,8 @@
    runs just this and prints it.
 7. **Re-batching of tagging windows** (`bench.audio_rebatch`; `--rebatch-only` runs just this):
    YAMNet windows/s for K concurrent clips, one session vs a pool of sessions vs a batchable
-   graph, in-process. Written to its own `bench/results/audio_rebatch.md` / `.json`.
+   graph, in-process, and K concurrent Tag calls through the mesh. Written to its own
+   `bench/results/audio_rebatch.md` / `.json`.
 
 Writes `bench/results/audio.md` and `.json`."""
 
@@ -288,7 +289,7 @@ def main(argv: list[str] | None = None) -> int:
     if not args.inputs_only:  # in-process, before the mesh starts: its own results file
         from bench import audio_rebatch
 
-        audio_rebatch.run(write=not args.no_write)
+        audio_rebatch.run(write=not args.no_write, redis_url=args.redis_url)
         if args.rebatch_only:
             return 0
 

@@ -246,12 +246,106 @@ def lines(result: dict, facts: dict, load: dict) -> list[str]:
     return out
 
 
-def run(write: bool = True, repeats: int = 9) -> dict:
-    """Measures and publishes `audio_rebatch` (md + json); returns the figures."""
-    facts = machine.describe(repo=Path(__file__).resolve().parents[1])
+def _mesh_rates(client, files: list[bytes], windows: int, ks, rounds: int) -> dict[str, float]:
+    """windows/s for each K: every clip through Tag, K concurrent calls at a time (the
+    gateway's coalescer sends each K as one tag_batch task)."""
+    out = {}
+    for k in ks:
+        with ThreadPoolExecutor(k) as pool:
+            t0 = time.perf_counter()
+            for _ in range(rounds):
+                for i in range(0, len(files), k):
+                    list(pool.map(lambda b: client.audio_tag(b, timeout_s=300),
+                                  files[i:i + k]))
+            out[str(k)] = rounds * windows / (time.perf_counter() - t0)
+    return out
+
+
+def mesh(redis_url: str, ks=(1, 4, 8), cycles: int = 2, rounds: int = 3) -> dict:
+    """The same clips through gRPC -> coalescer -> Celery -> worker, whose batch function runs
+    the requests one after another (the sequential path), with the worker's numpy OpenBLAS at
+    one thread per core (``OPENBLAS_NUM_THREADS`` = cores: OpenBLAS's own default) and at 1.
+    One worker at a time, restarted per arm, arms A-B-B-A (`cycles` times)."""
+    import tempfile
+
+    from bench.audio import LABELLED
+    from bench.ocr_mesh import API_KEY, bench_env, claim_db, release
+    from shared.client import Client, ClientSettings
+    from shared.config import Settings
+    from shared.local.stack import LocalStack, free_port
+    from workers.audio.models import prepare
+    from workers.audio.yamnet import patches
+
+    files = [p.read_bytes() for p in LABELLED if p.exists()]
+    windows = sum(len(patches(w)[1]) for w in clips())
+    arms = {"blas_default": str(os.cpu_count() or 1), "blas_1": "1"}
+    order = [a for _ in range(cycles) for a in ("blas_default", "blas_1", "blas_1",
+                                                 "blas_default")]
+    claim_db(redis_url)
+    s3_port, port = free_port(), free_port()
+    env = bench_env(redis_url, s3_port)
+    stack = LocalStack(Path(tempfile.mkdtemp(prefix="jobmesh-bench-rebatch-")), env)
+    rates: dict = {a: {str(k): [] for k in ks} for a in arms}
+    try:
+        stack.start_s3(s3_port)
+        prepare(Settings(**{k.removeprefix("JOBMESH_").lower(): v for k, v in env.items()}))
+        stack.start_gateway("audio", port)
+        with Client(ClientSettings(endpoint=f"127.0.0.1:{port}", api_key=API_KEY),
+                    timeout_s=300) as client:
+            for i, arm in enumerate(order):
+                name = f"worker-audio-{i}"
+                stack.start_worker("audio", name=name, extra_env={
+                    "JOBMESH_METRICS_PORT": "0", "OPENBLAS_NUM_THREADS": arms[arm]})
+                time.sleep(Settings().consumer_ttl_s + 1)  # the last worker's beat expires
+                stack.wait_consumers("audio.cpu", timeout=120)
+                _mesh_rates(client, files[:4], windows, (1,), 1)  # warm
+                for k, v in _mesh_rates(client, files, windows, ks, rounds).items():
+                    rates[arm][k].append(v)
+                print(f"  rebatch mesh {arm}: " + ", ".join(
+                    f"K={k} {v[-1]:.1f} w/s" for k, v in rates[arm].items()), flush=True)
+                stack.stop(name)
+    finally:
+        release(stack, redis_url)
+    return {"windows": windows, "rounds": rounds, "order": order,
+            "openblas_threads": arms,
+            "by_k": {str(k): {a: {"windows_per_s": round(statistics.median(rates[a][str(k)]), 1),
+                                  "samples": [round(v, 1) for v in rates[a][str(k)]]}
+                              for a in arms} for k in ks}}
+
+
+def mesh_lines(m: dict) -> list[str]:
+    out = ["", f"## Through the mesh: Tag of the same clips, K concurrent calls (coalesced into "
+           f"one tag_batch task), {m['windows']} windows x {m['rounds']} per sample", "",
+           "The audio gateway's coalescer applies to Tag: K concurrent sync calls travel as "
+           "one Celery task, and the worker's batch function tags the requests one after "
+           "another (the sequential path above; re-batching is not wired in). The worker ran "
+           "with numpy's OpenBLAS at " + ", ".join(
+               f"{a}: OPENBLAS_NUM_THREADS={t}" for a, t in m["openblas_threads"].items()) +
+           f", one worker at a time, arms in the order {' '.join(m['order'])}. Medians.", "",
+           "| K | " + " | ".join(f"{a} windows/s" for a in m["openblas_threads"]) +
+           " | samples |", "|---|" + "---|" * (len(m["openblas_threads"]) + 1)]
+    for k, by_arm in m["by_k"].items():
+        out.append(f"| {k} | " + " | ".join(str(v["windows_per_s"]) for v in by_arm.values()) +
+                   " | " + "; ".join(f"{a} {v['samples']}" for a, v in by_arm.items()) + " |")
+    return out
+
+
+def run(write: bool = True, repeats: int = 9, redis_url: str | None = None) -> dict:
+    """Measures (in-process; through the mesh too with `redis_url`, a Redis DB the benchmark
+    may empty) and publishes `audio_rebatch` (md + json); returns the figures."""
+    facts = machine.describe(redis_url, repo=Path(__file__).resolve().parents[1])
     meter = machine.CpuMeter()
     result = measure(repeats=repeats)
     load = meter.stop()
     figures = {"machine": facts, "load": load, **result}
-    publish("audio_rebatch", lines(result, facts, load), figures, write=write)
+    report = lines(result, facts, load)
+    if redis_url:
+        meter = machine.CpuMeter()
+        figures["mesh"] = mesh(redis_url)
+        figures["mesh"]["load"] = mesh_load = meter.stop()
+        report += mesh_lines(figures["mesh"]) + [
+            "", f"Foreign CPU load during the mesh part: {mesh_load.get('foreign_cores', '?')} "
+            f"cores of {facts['cores_usable']} (own, the mesh's processes included: "
+            f"{mesh_load.get('own_cores', '?')})."]
+    publish("audio_rebatch", report, figures, write=write)
     return figures
