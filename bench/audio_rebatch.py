@@ -153,7 +153,11 @@ def measure(ks=(1, 4, 8), repeats: int = 9, sessions: int = 2, batch: int = 8,
     threads: ``None`` leaves numpy's OpenBLAS as a worker has it (one thread per core), 1
     limits it (threadpoolctl), around the same paths. Checks first that every path's scores
     equal the sequential path's."""
-    from threadpoolctl import threadpool_limits
+    try:  # installed with scikit-learn (curation), not a dependency of its own
+        from threadpoolctl import threadpool_limits
+    except ImportError as exc:
+        raise ImportError("bench.audio_rebatch needs threadpoolctl: pip install "
+                          "threadpoolctl (scikit-learn brings it)") from exc
 
     from bench.audio import long_recording
     from workers.audio.yamnet import load_labels, model_files, patches
