@@ -93,7 +93,7 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.compeft
 
 chaos: $(STAMP) proto  ## fault injection under load: Redis kill -9 / restart, S3 outage, worker kills, gateway failover (own Redis and S3)
-	CHAOS_KILL_FOR_S=120 $(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
+	CHAOS_KILL_FOR_S=120 CHAOS_S3_OUTAGE_S=30 $(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
 
 soak: $(STAMP) proto  ## fixed-rate OCR + textgen load, SOAK_MINUTES (10) at SOAK_RATE/s (1); p50/p99, errors, RSS growth
 	$(PYTHON) -m bench.soak

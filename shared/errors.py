@@ -29,13 +29,16 @@ class JobmeshError(Exception):
         return self.message
 
     def to_dict(self) -> dict:
-        return {
+        d = {
             "code": self.code.value[0],
             "message": self.message,
             "reason": self.reason,
             "metadata": dict(self.metadata),
             "field_violations": [list(v) for v in self.field_violations],
         }
+        if self.retry_after_s is not None:
+            d["retry_after_s"] = self.retry_after_s
+        return d
 
 
 def _kind(code: grpc.StatusCode, default_reason: str):
@@ -109,14 +112,23 @@ _BY_CODE = {
 }
 
 
+# A sync call whose job failed UNAVAILABLE (e.g. S3 went away while the worker wrote the
+# result) tells the client when to retry even if the worker recorded no delay (tests/chaos).
+UNAVAILABLE_RETRY_S = 1.0
+
+
 def from_dict(d: dict) -> JobmeshError:
     """Rebuilds an error stored in a job record (the inverse of `to_dict`)."""
     code = _BY_CODE.get(int(d.get("code", 13)), grpc.StatusCode.INTERNAL)
+    retry = d.get("retry_after_s")
+    if retry is None and code is grpc.StatusCode.UNAVAILABLE:
+        retry = UNAVAILABLE_RETRY_S
     return JobmeshError(
         d.get("message", ""),
         reason=d.get("reason", "INTERNAL"),
         field_violations=[tuple(v) for v in d.get("field_violations", [])],
         metadata=dict(d.get("metadata", {})),
+        retry_after_s=None if retry is None else float(retry),
         code=code,
     )
 

@@ -6,6 +6,7 @@ result artifact while S3 is down."""
 
 from __future__ import annotations
 
+import os
 import time
 import urllib.request
 import uuid
@@ -21,7 +22,9 @@ from tests.integration.helpers import render, submit_diag, wait_state
 
 pytestmark = pytest.mark.chaos
 
-S3_OUTAGE_S = 12.0  # the issue asks 30 s; 12 keeps CI short and still spans many calls
+# `make chaos` stops S3 for the issue's 30 s; CI for 12, which keeps it short and still
+# spans many calls.
+S3_OUTAGE_S = float(os.environ.get("CHAOS_S3_OUTAGE_S", "12"))
 SYNC_DEADLINE_S = 15.0
 SUBMIT_DEADLINE_S = 5.0
 PACE_S = 0.4

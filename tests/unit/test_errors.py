@@ -30,3 +30,15 @@ def test_stored_errors_round_trip():
     back = from_dict(err.to_dict())
     assert back.code == grpc.StatusCode.INVALID_ARGUMENT and back.reason == err.reason
     assert back.field_violations == [("options.min_confidence", "must be within 0..1")]
+
+
+def test_a_stored_unavailable_error_keeps_telling_when_to_retry():
+    """A sync call whose job failed UNAVAILABLE answers with RetryInfo: the stored delay, or
+    1 s when the worker recorded none (found by the 30 s S3 outage in tests/chaos)."""
+    kept = from_dict(Unavailable("S3 is down", reason="BACKEND_UNAVAILABLE",
+                                 retry_after_s=3).to_dict())
+    assert kept.retry_after_s == 3
+    bare = from_dict({"code": grpc.StatusCode.UNAVAILABLE.value[0], "message": "S3 is down",
+                      "reason": "BACKEND_UNAVAILABLE"})
+    assert bare.retry_after_s == 1.0
+    assert from_dict(InvalidArgument("bad").to_dict()).retry_after_s is None
