@@ -85,6 +85,10 @@ class Settings(BaseSettings):
     # A job whose task never reached the broker (the gateway lost Redis between creating the
     # record and queueing the task) FAILS with BACKEND_UNAVAILABLE after this long.
     dispatch_grace_s: float = Field(default=60.0, gt=0)
+    # A job still QUEUED this long after its creation whose task message is in none of its
+    # queue's lists nor kombu's unacked hash (a worker killed between BRPOP and its unacked
+    # write took it) FAILS with WORKER_LOST. Keep it well below the visibility timeout.
+    lost_message_grace_s: float = Field(default=120.0, gt=0)
     consumer_ttl_s: float = Field(default=6.0, gt=0)  # a worker is live while its beat is fresher
 
     # Per-tenant limits, shared by all gateway replicas through Redis (shared/server/quotas.py,

@@ -87,6 +87,11 @@ BATCH_DEADLINES_KEY = f"{PREFIX}:batches:deadline"
 # gateway that loses Redis between the two leaves a record no task will ever run; the janitor
 # fails those after `dispatch_grace_s` instead of leaving them QUEUED forever.
 UNDISPATCHED_KEY = f"{PREFIX}:jobs:undispatched"
+# Jobs not yet started by a worker (job id -> create time): added with the record, removed by the
+# worker's move to RUNNING (and lazily by the janitor for jobs that ended otherwise). A worker
+# `kill -9`ed between kombu's BRPOP and its unacked write loses the task message; the janitor
+# fails such a job after `lost_message_grace_s` (shared/jobs/lost_messages.py).
+NOT_STARTED_KEY = f"{PREFIX}:jobs:not-started"
 # Events kept per job: token deltas of a long generation must outlive a slow reader.
 EVENTS_MAXLEN = 20_000
 
@@ -240,8 +245,10 @@ def now() -> float:
     return time.time()
 
 
-def transition_args(target: State, extra: dict | None = None) -> list[str]:
-    """ARGV for TRANSITION_LUA; `extra` values are JSON-encoded unless already strings."""
+def transition_args(target: State, extra: dict | None = None,
+                    sources: tuple[State, ...] | None = None) -> list[str]:
+    """ARGV for TRANSITION_LUA; `extra` values are JSON-encoded unless already strings.
+    `sources` narrows the states the move is allowed from (default: all of ALLOWED_FROM)."""
     fields = {k: v if isinstance(v, str) else json.dumps(v) for k, v in (extra or {}).items()}
-    return [target.value, ",".join(s.value for s in ALLOWED_FROM[target]), repr(now()),
-            json.dumps(fields)]
+    allowed = [s for s in ALLOWED_FROM[target] if sources is None or s in sources]
+    return [target.value, ",".join(s.value for s in allowed), repr(now()), json.dumps(fields)]

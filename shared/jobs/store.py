@@ -66,6 +66,7 @@ class JobStore:
             p.zadd(r.tenant_index_key(tenant), {job_id: t})
             p.hincrby(r.counts_key(domain), State.QUEUED.value, 1)
             p.zadd(r.UNDISPATCHED_KEY, {job_id: t})
+            p.zadd(r.NOT_STARTED_KEY, {job_id: t})
             await p.execute()
         return job, True
 
@@ -90,12 +91,14 @@ class JobStore:
             raise NotFound(f"job {job_id} not found", metadata={"job": job_id})
         return job
 
-    async def fail(self, job_id: str, error: dict) -> bool:
-        """FAILS the job unless it already ended; True when this call moved it."""
+    async def fail(self, job_id: str, error: dict,
+                   sources: tuple[State, ...] | None = None) -> bool:
+        """FAILS the job unless it already ended (or, with `sources`, unless it is in none of
+        them); True when this call moved it."""
         domain = r._s(await self.redis.hget(r.job_key(job_id), "domain") or "unknown")
         res = await self._transition(
             keys=[r.job_key(job_id), r.events_key(job_id), r.counts_key(domain)],
-            args=r.transition_args(State.FAILED, {"error": error}))
+            args=r.transition_args(State.FAILED, {"error": error}, sources))
         if res[0]:
             metrics.job_finished(domain, State.FAILED.value, error)
         return bool(res[0])

@@ -38,6 +38,8 @@ class WorkerJobStore:
         counted in `jobmesh_jobs_finished_total`, so each job is counted once."""
         keys = [r.job_key(job.id), r.events_key(job.id), r.counts_key(job.domain)]
         res = self._transition(keys=keys, args=r.transition_args(target, extra))
+        if res[0] and target is State.RUNNING:  # started: its task message was not lost
+            self.redis.zrem(r.NOT_STARTED_KEY, job.id)
         if res[0] and target.terminal:
             metrics.job_finished(job.domain, target.value, (extra or {}).get("error"))
         return bool(res[0])

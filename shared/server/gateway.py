@@ -179,6 +179,10 @@ class Gateway:
             except Exception as exc:
                 log.warning("undispatched sweep failed", extra={"error": str(exc)})
             try:
+                await self.fail_lost_messages()
+            except Exception as exc:
+                log.warning("lost-message sweep failed", extra={"error": str(exc)})
+            try:
                 expired = await self.redis.zrangebyscore(ARTIFACT_EXPIRY_KEY, "-inf",
                                                          time.time(), start=0, num=100)
                 for member in expired:
@@ -211,6 +215,14 @@ class Gateway:
                 log.warning("undispatched job failed", extra={"job_id": job.id})
             await self.redis.zrem(UNDISPATCHED_KEY, member)
         return failed
+
+    async def fail_lost_messages(self) -> int:
+        """FAILS (WORKER_LOST) the jobs QUEUED over `lost_message_grace_s` whose task message
+        is on the broker no more; returns how many (shared/jobs/lost_messages.py)."""
+        from shared.jobs.lost_messages import fail_lost
+
+        return await fail_lost(self.redis, self.store, priority_lists,
+                               self.settings.lost_message_grace_s)
 
     async def expire_batches(self) -> int:
         """FAILS (reason EXPIRED) the batches past their completion window, keeping the lines

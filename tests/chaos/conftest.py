@@ -50,6 +50,7 @@ def chaos_stack(tmp_path_factory):
         "JOBMESH_READINESS_POLL_S": "0.5",
         "JOBMESH_JANITOR_INTERVAL_S": "1",
         "JOBMESH_DISPATCH_GRACE_S": "5",
+        "JOBMESH_LOST_MESSAGE_GRACE_S": "10",  # below the visibility timeout (15 s)
         "JOBMESH_LOG_JSON": "1",
     }
     stack = LocalStack(root, env)
