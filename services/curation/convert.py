@@ -69,7 +69,11 @@ def pipeline_to_list(steps) -> list[dict]:
         raise InvalidArgument.for_field("pipeline", f"has more than {MAX_STEPS} steps")
     out = []
     for n, s in enumerate(steps):
-        params = json_format.MessageToDict(s.params) if s.HasField("params") else {}
+        try:
+            params = json_format.MessageToDict(s.params) if s.HasField("params") else {}
+        except ValueError as exc:  # NaN or ±inf: a Struct holds them, JSON does not (fuzz)
+            raise InvalidArgument.for_field(f"pipeline[{n}].params",
+                                            f"is not JSON: {exc}") from exc
         if "step" in params:
             raise InvalidArgument.for_field(f"pipeline[{n}].params.step",
                                             "the step name goes in `step`, not in params")
