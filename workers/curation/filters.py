@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from collections import Counter
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -37,6 +38,7 @@ class Decision:
     keep: bool
     reason: str = ""  # "<step>:<why>" when removed, e.g. "gopher_quality:gopher_short_doc"
     text: str | None = None  # the new text of a kept document the filter rewrote (c4_quality)
+    score: float | None = None  # what the decision was made on, for the report's histograms
 
 
 class DocumentFilter(Protocol):
@@ -93,10 +95,10 @@ class LanguageIdFilter:
     def decide(self, doc: Document) -> Decision:
         lang, score = self.identifier.classify(doc.text)
         if lang not in self.languages:
-            return Decision(False, f"language:{lang}")
+            return Decision(False, f"language:{lang}", score=score)
         if score < self.min_score:
-            return Decision(False, "language:low_score")
-        return Decision(True)
+            return Decision(False, "language:low_score", score=score)
+        return Decision(True, score=score)
 
 
 class ProfanityFilter:
@@ -117,8 +119,8 @@ class ProfanityFilter:
         if not docs:
             return []
         probs = self.predict_prob([d.text for d in docs])
-        return [Decision(True) if p < self.threshold else Decision(False, "profanity:profane")
-                for p in probs]
+        return [Decision(True, score=float(p)) if p < self.threshold
+                else Decision(False, "profanity:profane", score=float(p)) for p in probs]
 
 
 def _datatrove(spec: StepSpec) -> DatatroveFilter:
@@ -179,12 +181,13 @@ def _segments(filters: list[DocumentFilter]) -> list[list[DocumentFilter]]:
 
 
 def run_filters(docs: Iterable[Document], filters: list[DocumentFilter],
-                stats: Counter | None = None
+                stats: Counter | None = None, scores: dict[str, list[float]] | None = None
                 ) -> tuple[list[Document], list[tuple[Document, str]]]:
     """(kept, removed with reason), both in input order. Each filter sees only the documents
     the previous ones kept, with their rewritten text (a removed document is returned as the
     filter that removed it saw it); input documents are never mutated.
-    Counts `<step>.kept` and `<step>.removed:<why>` into `stats` when given.
+    Counts `<step>.kept` and `<step>.removed:<why>` into `stats` when given, and appends each
+    finite `Decision.score` to `scores[<step>]` when given (kept and removed alike).
 
     A document goes through a run of per-document filters before the next one starts (as in a
     datatrove pipeline): datatrove caches the words of the last 5 texts, so gopher_quality gets
@@ -194,6 +197,8 @@ def run_filters(docs: Iterable[Document], filters: list[DocumentFilter],
     removed: list[tuple[int, Document, str]] = []
 
     def apply(f: DocumentFilter, i: int, doc: Document, decision: Decision) -> Document | None:
+        if scores is not None and decision.score is not None and math.isfinite(decision.score):
+            scores.setdefault(f.name, []).append(decision.score)
         if not decision.keep:
             removed.append((i, doc, decision.reason))
             if stats is not None:

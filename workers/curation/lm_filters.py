@@ -36,11 +36,11 @@ class LmPerplexityFilter:
             if not math.isfinite(s.perplexity):
                 out.append(Decision(False, "lm_perplexity:too_short"))
             elif s.perplexity > self.spec.max_perplexity:
-                out.append(Decision(False, "lm_perplexity:too_high"))
+                out.append(Decision(False, "lm_perplexity:too_high", score=s.perplexity))
             elif s.perplexity < self.spec.min_perplexity:
-                out.append(Decision(False, "lm_perplexity:too_low"))
+                out.append(Decision(False, "lm_perplexity:too_low", score=s.perplexity))
             else:
-                out.append(Decision(True))
+                out.append(Decision(True, score=s.perplexity))
         return out
 
 
@@ -55,9 +55,9 @@ class LlmDetectFilter:
 
     def decide_batch(self, docs: list[Document]) -> list[Decision]:
         # A text too short to score (NaN statistic) is not flagged: no evidence either way.
-        return [Decision(False, "llm_detect:machine_generated")
-                if statistic(s) < self.spec.threshold else Decision(True)
-                for s in self.scorer.score([d.text for d in docs])]
+        stats = [statistic(s) for s in self.scorer.score([d.text for d in docs])]
+        return [Decision(False, "llm_detect:machine_generated", score=t)
+                if t < self.spec.threshold else Decision(True, score=t) for t in stats]
 
 
 def build_lm_filter(spec: StepSpec, folder: Path):

@@ -48,6 +48,16 @@ GLOBAL_PASSES = {EmbedDedupStep: embed_dedup.deduplicate, DomainClusterStep: emb
 
 # Fixed (log-spaced) bins of document length in words, so shards' histograms add up.
 WORD_BINS = [0, 10, 30, 100, 300, 1000, 3000, 10_000, 100_000, 10**9]
+_UNIT = [round(0.1 * k, 1) for k in range(11)]
+# Fixed bins of the scores steps decide on (histogram `score:<step>`), for the same reason:
+# probabilities, perplexity (log-spaced), the detector's statistic (log-ppl minus entropy,
+# nats) and CoLoR's loss reduction (nats).
+SCORE_BINS = {
+    "language": _UNIT, "profanity": _UNIT,
+    "lm_perplexity": [1, 3, 10, 30, 100, 300, 1000, 3000, 10_000, 1e12],
+    "llm_detect": [-1e9, -2, -1.5, -1, -0.5, 0, 0.5, 1, 1.5, 2, 1e9],
+    "color_filter": [-1e9, -1, -0.5, -0.2, -0.1, 0, 0.1, 0.2, 0.5, 1, 1e9],
+}
 
 
 @dataclass
@@ -105,7 +115,8 @@ def process_shard(docs: list[Document], steps: list[StepSpec],
     steps that name their models (color_filter)."""
     stats: Counter = Counter({"documents_in": len(docs)})
     filters = [build_filter(s, lm_folder) for s in filter_steps(steps)]
-    kept, removed = run_filters(docs, filters, stats) if filters else (list(docs), [])
+    scores: dict[str, list[float]] = {}
+    kept, removed = run_filters(docs, filters, stats, scores) if filters else (list(docs), [])
     keys: dict[str, dict[str, str]] = {}
     embedded: dict[int, list[str]] = {}  # max_chars -> vectors: embedding steps share them
     for index, step in global_steps(steps):
@@ -113,12 +124,14 @@ def process_shard(docs: list[Document], steps: list[StepSpec],
         if isinstance(step, ColorFilterStep):
             if model_folder is None:
                 raise ValueError(f"{step.step} needs its models, and no model_folder was given")
-            scores = color.color_scores(kept, model_folder(step.prior_model),
-                                        model_folder(step.conditional_model), step.max_tokens)
-            values = [repr(v) for v in scores]
+            color_values = color.color_scores(kept, model_folder(step.prior_model),
+                                              model_folder(step.conditional_model),
+                                              step.max_tokens)
+            values = [repr(v) for v in color_values]
+            scores["color_filter"] = [v for v in color_values if math.isfinite(v)]
             kept = [dataclasses.replace(d, metadata={**d.metadata, color.METADATA_KEY:
                                                      round(v, 6) if math.isfinite(v) else None})
-                    for d, v in zip(kept, scores, strict=True)]
+                    for d, v in zip(kept, color_values, strict=True)]
         elif isinstance(step, EmbedDedupStep | DomainClusterStep):
             if model_folder is None:
                 raise ValueError(f"{step.step} needs the embedding model, and no model_folder "
@@ -139,6 +152,8 @@ def process_shard(docs: list[Document], steps: list[StepSpec],
         keys[str(index)] = dict(zip(ids, values, strict=True))
     histograms = {"words_in": _histogram([len(d.text.split()) for d in docs], WORD_BINS),
                   "words_kept": _histogram([len(d.text.split()) for d in kept], WORD_BINS)}
+    histograms.update({f"score:{name}": _histogram(values, SCORE_BINS[name])
+                       for name, values in scores.items() if name in SCORE_BINS})
     return ShardOutcome(kept, removed, stats, keys, histograms)
 
 

@@ -1,13 +1,13 @@
 """The curation report: the run's summary as JSON, and one self-contained HTML page (inline SVG
 charts, no scripts, nothing fetched) with documents kept and removed per step and reason, and
-the document-length histograms before and after."""
+the document-length histograms before and after, and a histogram of each scoring step's scores."""
 
 from __future__ import annotations
 
 import html
 import json
 
-from workers.curation.pipeline import WORD_BINS
+from workers.curation.pipeline import SCORE_BINS, WORD_BINS
 
 
 def summary_steps(steps: list[dict], stats: dict[str, int], documents_in: int) -> list[dict]:
@@ -94,9 +94,26 @@ in {summary.get('seconds', 0):.1f} s. Output: <code>{html.escape(
 {_bars("Documents kept and removed per step", flow)}
 {_bars("Removed documents by reason", [(k, v, "#c0392b") for k, v in merged.items()])}
 {_bars("Document length (words): all documents and kept documents", length_rows)}
+{_score_histograms(hist)}
 {_step_reports(summary.get("step_reports", []))}
 </body></html>
 """
+
+
+def _score_histograms(hist: dict[str, list[int]]) -> str:
+    """One chart per scoring step (`score:<step>`): how its scores spread over every document
+    it judged, kept and removed alike, on the step's fixed bins."""
+    charts = []
+    for key in sorted(k for k in hist if k.startswith("score:")):
+        step = key.removeprefix("score:")
+        bins = SCORE_BINS.get(step)
+        if bins is None or len(bins) != len(hist[key]) + 1:
+            continue
+        edge = [("−∞" if b <= -1e9 else "∞" if b >= 1e9 else f"{b:g}") for b in bins]
+        rows = [(f"{edge[i]} – {edge[i + 1]}", n, "#2e86c1")
+                for i, n in enumerate(hist[key]) if n]
+        charts.append(_bars(f"Scores of {step} ({sum(hist[key]):,} documents scored)", rows))
+    return "\n".join(charts)
 
 
 TEMPLATE_ROWS = 50
