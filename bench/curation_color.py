@@ -12,12 +12,12 @@ Debian licences and copyright files. Every document is cut to its first MAX_CHAR
    exported to ONNX: the code path the service's fine-tune job runs; cached by version).
 2. Scores: `workers.curation.color.color_scores` with the prior (the registry export of
    SmolLM2) and the conditional ONNX models, `select` with keep_fraction = k / pool.
-3. Subsets of k documents: CoLoR top-k; random k (several seeds); with --ablation also the k
-   with the lowest conditional loss alone (the paper's ablation).
+3. Subsets of k documents: CoLoR top-k; random k (several seeds); and the k with the lowest
+   conditional loss alone (the paper's ablation; --no-ablation skips it).
 4. Each subset trains a fresh LoRA (same config, same steps × batch × tokens) on the base
    model; loss on the held-out target blocks (mean next-token cross-entropy, nats).
 
-    .venv/bin/python -m bench.curation_color    # 1662 s on 2 cores shared with other work
+    .venv/bin/python -m bench.curation_color    # 1904 s on 2 cores shared with other work
     .venv/bin/python -m bench.curation_color --render   # the table again from the saved figures
 """
 
@@ -85,21 +85,21 @@ def _share(docs: list[Document]) -> dict[str, int]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m bench.curation_color", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--pool-target", type=int, default=40,
+    parser.add_argument("--pool-target", type=int, default=60,
                         help="stdlib docstrings in the pool")
-    parser.add_argument("--pool-other", type=int, default=120,
+    parser.add_argument("--pool-other", type=int, default=180,
                         help="other-domain documents in the pool")
     parser.add_argument("--man", type=int, default=250, help="man pages to draw from")
-    parser.add_argument("--k", type=int, default=40, help="documents selected")
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens scored per doc")
-    parser.add_argument("--conditional-steps", type=int, default=16)
-    parser.add_argument("--steps", type=int, default=12, help="LoRA steps on each subset")
-    parser.add_argument("--random-seeds", type=int, default=2)
-    parser.add_argument("--seq-len", type=int, default=64, help="LoRA block length (tokens)")
-    parser.add_argument("--lr", type=float, default=2e-3, help="LoRA learning rate")
-    parser.add_argument("--test-blocks", type=int, default=32)
-    parser.add_argument("--ablation", action="store_true",
-                        help="also fine-tune on the k lowest-conditional-loss documents")
+    parser.add_argument("--k", type=int, default=60, help="documents selected")
+    parser.add_argument("--max-tokens", type=int, default=128, help="tokens scored per doc")
+    parser.add_argument("--conditional-steps", type=int, default=30)
+    parser.add_argument("--steps", type=int, default=24, help="LoRA steps on each subset")
+    parser.add_argument("--random-seeds", type=int, default=3)
+    parser.add_argument("--seq-len", type=int, default=128, help="LoRA block length (tokens)")
+    parser.add_argument("--lr", type=float, default=1e-3, help="LoRA learning rate")
+    parser.add_argument("--test-blocks", type=int, default=24)
+    parser.add_argument("--no-ablation", dest="ablation", action="store_false",
+                        help="skip the subset of the k lowest-conditional-loss documents")
     parser.add_argument("--no-write", action="store_true", help="print, do not write results")
     parser.add_argument("--render", action="store_true",
                         help="only rewrite the table from the last run's saved figures")
