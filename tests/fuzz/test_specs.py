@@ -5,6 +5,7 @@ a field; nothing else escapes (it would be INTERNAL)."""
 
 from __future__ import annotations
 
+import pytest
 from google.protobuf import json_format
 from hypothesis import given
 from hypothesis import strategies as st
@@ -53,6 +54,7 @@ def pipelines(draw) -> list:
     return steps
 
 
+@pytest.mark.timeout(1800)  # `make fuzz`: 20,000 pipelines run past the default 300 s
 @given(pipelines())
 def test_curation_pipeline(steps):
     tried("curation pipeline")
