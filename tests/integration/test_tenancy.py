@@ -21,7 +21,7 @@ from jobmesh.audio.v1 import audio_service_pb2 as audio_pb
 from jobmesh.audio.v1 import audio_service_pb2_grpc
 from jobmesh.common.v1 import artifact_pb2
 from jobmesh.jobs.v1 import batch_service_pb2 as batch_pb
-from jobmesh.jobs.v1 import batch_service_pb2_grpc, job_service_pb2_grpc
+from jobmesh.jobs.v1 import batch_service_pb2_grpc, job_pb2, job_service_pb2_grpc
 from jobmesh.jobs.v1 import job_service_pb2 as jobs_pb
 from jobmesh.ocr.v1 import ocr_service_pb2 as pb
 from jobmesh.ocr.v1 import ocr_service_pb2_grpc
@@ -104,9 +104,10 @@ def test_another_tenants_batch_is_not_found(stubs):
     listed = jobs.ListJobs(jobs_pb.ListJobsRequest(kind=job.kind), metadata=auth(OTHER_KEY),
                            timeout=10)
     assert name not in [j.name for j in listed.jobs]
-    # Untouched by B's attempts: A still has it, not cancelled.
+    # Untouched by B's attempts: A still has it, not cancelled (a worker may have run it).
     mine = jobs.GetJob(jobs_pb.GetJobRequest(name=name), metadata=auth(TENANT_KEY), timeout=10)
-    assert mine.job.name == name and mine.job.state == job.state
+    assert mine.job.name == name
+    assert mine.job.state not in (job_pb2.JOB_STATE_CANCELLING, job_pb2.JOB_STATE_CANCELLED)
 
 
 def test_a_batch_cannot_read_another_tenants_manifest_or_images(stubs):
