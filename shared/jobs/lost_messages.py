@@ -126,10 +126,6 @@ async def fail_lost(redis: aioredis.Redis, store: JobStore,
         if moved:
             failed += 1
             log.warning("lost task message: job failed", extra={"job_id": job_id})
-            job = await store.get(job_id, None)
-            if job is not None and job.batch is not None:
-                # No chunk started, so no worker will finalize it: DONE with no files.
-                await redis.hset(r.job_key(job_id), "batch_phase", "DONE")
         await redis.zrem(r.NOT_STARTED_KEY, job_id)
     # Still on the broker (or not known): look again one grace from now, not every sweep.
     await _recheck_later(redis, (j for j in queued if j not in missing))

@@ -97,6 +97,8 @@ EVENTS_MAXLEN = 20_000
 
 # KEYS: job hash, events stream, per-domain counts. ARGV: target, allowed sources (comma list),
 # now (epoch s), JSON object of extra fields to set. Returns {1|0, previous state}.
+# A batch that ends while QUEUED (cancelled, failed by the janitor) never had a chunk start, so
+# no worker will finalize it: its phase becomes DONE here, with no files.
 TRANSITION_LUA = """
 local cur = redis.call('HGET', KEYS[1], 'state')
 if not cur then return {0, ''} end
@@ -108,6 +110,11 @@ tr[#tr + 1] = {ARGV[1], tonumber(ARGV[3])}
 redis.call('HSET', KEYS[1], 'state', ARGV[1], 'update_time', ARGV[3],
            'transitions', cjson.encode(tr))
 for k, v in pairs(cjson.decode(ARGV[4])) do redis.call('HSET', KEYS[1], k, v) end
+local terminal = ARGV[1] == 'SUCCEEDED' or ARGV[1] == 'FAILED' or ARGV[1] == 'CANCELLED'
+local batch = redis.call('HGET', KEYS[1], 'batch')
+if cur == 'QUEUED' and terminal and batch and batch ~= '' then
+  redis.call('HSET', KEYS[1], 'batch_phase', 'DONE')
+end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', 20000, '*', 'type', 'state', 'state', ARGV[1])
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end

@@ -111,9 +111,6 @@ class JobStore:
         if job.state is State.QUEUED and (await self._transition(
                 keys=keys, args=r.transition_args(State.CANCELLED, {"error": err})))[0]:
             metrics.job_finished(job.domain, State.CANCELLED.value, err)
-            if job.batch is not None and (await self.require(job_id, tenant)).done:
-                # No chunk started, so no worker will finalize it: it is DONE with no files.
-                await self.redis.hset(r.job_key(job_id), "batch_phase", "DONE")
         if (await self.require(job_id, tenant)).state is State.RUNNING:
             await self._transition(keys=keys, args=r.transition_args(State.CANCELLING))
         return await self.require(job_id, tenant)

@@ -24,6 +24,12 @@ async def _store(url) -> JobStore:
     return JobStore(aioredis.Redis.from_url(url), retention_s=3600)
 
 
+async def _queued_job(redis_url):
+    store = await _store(redis_url)
+    job, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q")
+    return job
+
+
 def test_create_is_idempotent_per_tenant_and_request_id(redis_url):
     async def go():
         store = await _store(redis_url)
@@ -38,12 +44,7 @@ def test_create_is_idempotent_per_tenant_and_request_id(redis_url):
 
 
 def test_late_duplicate_never_moves_a_finished_job(redis_url):
-    async def create():
-        store = await _store(redis_url)
-        job, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q")
-        return job
-
-    job = run(create())
+    job = run(_queued_job(redis_url))
     w = WorkerJobStore(redis.Redis.from_url(redis_url))
     assert w.transition(job, State.RUNNING)
     assert w.transition(job, State.SUCCEEDED, {"result": {"ok": True}})
@@ -68,18 +69,34 @@ def test_cancel_queued_is_immediate_running_goes_through_cancelling(redis_url):
     assert run(go()) == (State.CANCELLED, State.CANCELLING)
 
 
+async def _queued_batch(store: JobStore):
+    job, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q", kind="BATCH",
+                                batch=BatchInfo({"chunks": 2}, "IN_PROGRESS", total=20))
+    return job
+
+
 def test_a_batch_cancelled_before_any_chunk_started_is_done(redis_url):
     """No worker will finalize it, so its phase says DONE at once (no files: no line ran)."""
     async def go():
         store = await _store(redis_url)
-        job, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q",
-                                    kind="BATCH", batch=BatchInfo({"chunks": 2},
-                                                                  "IN_PROGRESS", total=20))
-        return await store.cancel(job.id, "t1")
+        return await store.cancel((await _queued_batch(store)).id, "t1")
 
     job = run(go())
     assert job.state is State.CANCELLED
     assert job.batch.phase == "DONE" and job.batch.completed == job.batch.failed == 0
+
+
+def test_a_batch_failed_before_any_chunk_started_is_done(redis_url):
+    """The janitor's sweeps (undispatched, lost message) fail a QUEUED batch: DONE as well."""
+    async def go():
+        store = await _store(redis_url)
+        job = await _queued_batch(store)
+        assert await store.fail(job.id, {"code": 14, "reason": "WORKER_LOST"},
+                                sources=(State.QUEUED,))
+        return await store.get(job.id, "t1")
+
+    job = run(go())
+    assert job.state is State.FAILED and job.batch.phase == "DONE"
 
 
 def test_list_pages_cover_everything_once_with_filters(redis_url):
@@ -158,12 +175,7 @@ def test_a_job_whose_task_never_reached_the_broker_fails_after_the_grace(redis_u
 def test_work_stops_once_its_job_ended_elsewhere(redis_url):
     """A chunk still running when its batch expired (FAILED by the janitor) stops at its next
     check instead of computing lines nobody will read."""
-    async def create():
-        store = await _store(redis_url)
-        job, _ = await store.create(tenant="t1", domain="ocr", method="m", queue="q")
-        return job
-
-    job = run(create())
+    job = run(_queued_job(redis_url))
     w = WorkerJobStore(redis.Redis.from_url(redis_url))
     assert w.transition(job, State.RUNNING)
     ctx = JobContext(w.get(job.id), w, Settings(), lambda: None)
