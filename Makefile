@@ -91,6 +91,7 @@ bench: $(STAMP) proto  ## benchmarks; tables land in bench/results/
 	$(PYTHON) -m bench.curation_detect
 	$(PYTHON) -m bench.curation_color
 	$(PYTHON) -m bench.compeft
+	$(PYTHON) -m bench.maskllm
 
 chaos: $(STAMP) proto  ## fault injection under load: Redis kill -9 / restart, S3 outage, worker kills, gateway failover (own Redis and S3)
 	CHAOS_KILL_FOR_S=120 CHAOS_S3_OUTAGE_S=30 $(PYTHON) -m pytest -q -p no:cacheprovider tests/chaos
